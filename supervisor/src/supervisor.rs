@@ -1,0 +1,1079 @@
+//! The supervisor: one struct that owns the poll, the control FIFO, the
+//! signal pipe, the container table and the subscribers, and one loop that
+//! polls, dispatches each ready token to its `handle_*` method, and at the end
+//! of every iteration journals and fans out the events the handlers queued,
+//! then sends the replies. After setup nothing that belongs to one request,
+//! container or subscriber leaves [`Supervisor::run`]: it is answered and
+//! logged instead.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use rustix::io::Errno;
+use rustix::process::Signal;
+use serde_json::{json, Value};
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+
+use crate::container::{self, Action, Container, PendingStart, Status};
+use crate::error::{describe_io, Error, ErrorKind, Result};
+use crate::event::{Event, EventLog, EventType, Published};
+use crate::fifo;
+use crate::journal::Journal;
+use crate::notify::notify;
+use crate::protocol::{self, CreateRequest, Request, SignalArg, SubscribeRequest, MAX_LINE};
+use crate::reaper;
+use crate::root;
+use crate::sink::{Flushed, Sink};
+use crate::spawn::{self, ExecOutcome, Plan, Stdio};
+use crate::time::Timestamp;
+
+const CTL: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_DYNAMIC_TOKEN: usize = 2;
+
+/// The longest unterminated input kept from the control FIFO while looking
+/// for a newline; past it the line is discarded up to the next newline.
+const MAX_HELD_LINE: usize = 64 * 1024;
+
+/// The signals forwarded to `main` in init mode.
+const FORWARDED: [i32; 7] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
+
+/// How long the supervisor waits for subscribers to drain before it exits.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// The supervisor's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The root directory.
+    pub root: PathBuf,
+    /// How long shutdown waits after SIGTERM before SIGKILL.
+    pub grace: Duration,
+    /// Stopped containers kept before the oldest are deleted.
+    pub max_stopped: usize,
+    /// Recent events kept in memory for `since`.
+    pub retained_events: usize,
+    /// Bytes a subscriber may have queued before it overflows.
+    pub subscriber_buffer: usize,
+    /// Size of the journal file before it is rotated.
+    pub journal_size: u64,
+    /// Send READY=1 / STOPPING=1 to $NOTIFY_SOCKET.
+    pub notify: bool,
+    /// Init mode: run this as container `main` and exit with its status.
+    pub init: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The defaults for a root.
+    pub fn new(root: PathBuf) -> Self {
+        Config {
+            root,
+            grace: Duration::from_secs(10),
+            max_stopped: 10_000,
+            retained_events: 4096,
+            subscriber_buffer: 1 << 20,
+            journal_size: 16 << 20,
+            notify: false,
+            init: None,
+        }
+    }
+}
+
+/// What a dynamic token stands for. Tokens come from a counter and are never
+/// reused, so a stale one finds nothing here.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A container process's pidfd (by instance).
+    Pidfd(u64),
+    /// A container's status pipe (by instance).
+    ExecStatus(u64),
+    /// A reply or subscriber FIFO.
+    Client,
+}
+
+/// What a subscriber wants.
+struct Filter {
+    ids: Option<HashSet<String>>,
+    types: Option<HashSet<EventType>>,
+    /// Events with seq up to here were replayed or predate the subscription.
+    after: u64,
+}
+
+impl Filter {
+    fn matches(&self, seq: u64, kind: EventType, id: &str) -> bool {
+        seq > self.after
+            && self.types.as_ref().is_none_or(|t| t.contains(&kind))
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(id))
+    }
+}
+
+/// A reply FIFO (no filter) or a subscriber FIFO.
+struct Client {
+    sink: Sink,
+    path: String,
+    filter: Option<Filter>,
+}
+
+/// Shutdown in progress.
+struct Shutdown {
+    deadline: Instant,
+    killed: bool,
+    orphans_signalled: bool,
+    replies: Vec<Option<String>>,
+}
+
+/// The supervisor and everything it owns.
+pub struct Supervisor {
+    config: Config,
+    poll: Poll,
+    ctl: OwnedFd,
+    ctl_buf: Vec<u8>,
+    ctl_discarding: bool,
+    signals: Signals,
+    _lock: OwnedFd,
+    dev_null: OwnedFd,
+    nofile: Option<libc::rlimit>,
+    next_token: usize,
+    sources: HashMap<Token, Source>,
+    containers: HashMap<u64, Container>,
+    by_id: HashMap<Rc<str>, u64>,
+    by_pid: HashMap<i32, u64>,
+    stopped_order: VecDeque<u64>,
+    stopped_count: usize,
+    clients: HashMap<Token, Client>,
+    log: EventLog,
+    journal: Journal,
+    replies: Vec<(String, Vec<u8>)>,
+    shutdown: Option<Shutdown>,
+    /// Whether the last reap found no child at all (ECHILD).
+    no_children: bool,
+    init_main: Option<u64>,
+    exit_code: i32,
+}
+
+/// Makes sure fds 0-2 are open (on /dev/null) and closes every other fd the
+/// process inherited. Call first thing, before anything opens an fd.
+pub fn sanitize_inherited_fds() {
+    // SAFETY: fcntl(F_GETFD) probes an fd number; open/close_range act on
+    // fds nothing in this process owns yet (called before any are opened).
+    unsafe {
+        for fd in 0..3 {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                let opened = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if opened >= 0 && opened != fd {
+                    libc::dup2(opened, fd);
+                    libc::close(opened);
+                }
+            }
+        }
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+    }
+}
+
+impl Supervisor {
+    /// Sets up the supervisor on its root: checks the root, takes the lock,
+    /// opens `ctl` and the journal, becomes a subreaper and installs the
+    /// signal handlers. Fails with a message saying what is wrong.
+    pub fn new(config: Config) -> Result<Self> {
+        root::prepare_root(&config.root)?;
+        let lock = root::take_lock(&config.root)?;
+        match rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            Ok(()) => {}
+            Err(Errno::INVAL) => {
+                return Err(Error::new(ErrorKind::System, "PR_SET_CHILD_SUBREAPER: kernel too old (needs Linux 3.4)"))
+            }
+            Err(e) => return Err(Error::os(ErrorKind::System, "PR_SET_CHILD_SUBREAPER", e)),
+        }
+        let nofile = raise_nofile_limit();
+        let (journal, last_seq) = Journal::open(&config.root, config.journal_size)?;
+        let ctl = root::open_ctl(&config.root)?;
+        let poll = Poll::new().map_err(|e| Error::os(ErrorKind::System, "create epoll", e))?;
+        let mut wanted = vec![SIGCHLD, SIGTERM, SIGINT];
+        if config.init.is_some() {
+            wanted.extend(FORWARDED);
+        }
+        let mut signals =
+            Signals::new(&wanted).map_err(|e| Error::os(ErrorKind::System, "install signal handlers", e))?;
+        poll.registry()
+            .register(&mut SourceFd(&ctl.as_raw_fd()), CTL, Interest::READABLE)
+            .map_err(|e| Error::os(ErrorKind::System, "register control fifo", e))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| Error::os(ErrorKind::System, "register signal pipe", e))?;
+        let log = EventLog::new(last_seq + 1, config.retained_events);
+        Ok(Supervisor {
+            dev_null: spawn::dev_null()?,
+            config,
+            poll,
+            ctl,
+            ctl_buf: Vec::new(),
+            ctl_discarding: false,
+            signals,
+            _lock: lock,
+            nofile,
+            next_token: FIRST_DYNAMIC_TOKEN,
+            sources: HashMap::new(),
+            containers: HashMap::new(),
+            by_id: HashMap::new(),
+            by_pid: HashMap::new(),
+            stopped_order: VecDeque::new(),
+            stopped_count: 0,
+            clients: HashMap::new(),
+            log,
+            journal,
+            replies: Vec::new(),
+            shutdown: None,
+            no_children: false,
+            init_main: None,
+            exit_code: 0,
+        })
+    }
+
+    /// Serves until shutdown; returns the exit code (0, or `main`'s status in
+    /// init mode).
+    pub fn run(mut self) -> i32 {
+        log::info!(
+            "supervising root {} (pid {}, next seq {})",
+            self.config.root.display(),
+            std::process::id(),
+            self.log.next_seq()
+        );
+        if let Some(argv) = self.config.init.clone() {
+            let req = CreateRequest { id: "main".into(), argv, start: true, ..Default::default() };
+            match self.create(&req, None) {
+                Ok(instance) => self.init_main = Some(instance),
+                Err(e) => {
+                    log::error!("init: create main: {e}");
+                    return 125;
+                }
+            }
+        }
+        if self.config.notify {
+            notify("READY=1");
+        }
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.shutdown.as_ref().map(|s| s.deadline.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("epoll_wait: {}", describe_io(&e));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    CTL => self.handle_ctl(),
+                    SIGNALS => self.handle_signals(),
+                    token => match self.sources.get(&token).copied() {
+                        Some(Source::Pidfd(instance)) => self.handle_exit(instance),
+                        Some(Source::ExecStatus(instance)) => self.handle_exec_status(instance),
+                        Some(Source::Client) => self.handle_client(token, event.is_error()),
+                        None => log::debug!("event for stale token {}", token.0),
+                    },
+                }
+            }
+            self.publish();
+            if self.shutdown.is_some() && self.advance_shutdown() {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn token(&mut self, source: Source) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.sources.insert(token, source);
+        token
+    }
+
+    fn register(&mut self, fd: &OwnedFd, source: Source, interest: Interest) -> Result<Token> {
+        let token = self.token(source);
+        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), token, interest) {
+            self.sources.remove(&token);
+            return Err(Error::os(ErrorKind::System, "register fd with epoll", e));
+        }
+        Ok(token)
+    }
+
+    /// Deregisters before the fd is closed: epoll would otherwise keep
+    /// watching the open file description behind a reused fd number.
+    fn deregister(&mut self, fd: &OwnedFd, token: Token) {
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+        self.sources.remove(&token);
+    }
+
+    // ---- the control FIFO ----
+
+    fn handle_ctl(&mut self) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match rustix::io::read(&self.ctl, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.ctl_buf.extend_from_slice(&buf[..n]);
+                    self.take_lines();
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => break,
+                Err(e) => {
+                    log::error!("read control fifo: {}", describe_io(&e.into()));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn take_lines(&mut self) {
+        let mut start = 0;
+        while let Some(len) = self.ctl_buf[start..].iter().position(|b| *b == b'\n') {
+            let line = self.ctl_buf[start..start + len].to_vec();
+            start += len + 1;
+            if std::mem::take(&mut self.ctl_discarding) {
+                continue;
+            }
+            self.handle_line(&line);
+        }
+        self.ctl_buf.drain(..start);
+        if self.ctl_buf.len() > MAX_HELD_LINE {
+            if !self.ctl_discarding {
+                log::warn!("request: {} (discarded up to the next newline)", protocol::too_long(self.ctl_buf.len()));
+            }
+            self.ctl_buf.clear();
+            self.ctl_discarding = true;
+        }
+    }
+
+    fn handle_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let parsed = protocol::parse_line(line);
+        let request = match parsed.request {
+            Ok(request) => request,
+            Err(e) => {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(200)]);
+                log::warn!("request {shown:?}: {e}");
+                return self.reply(parsed.reply, Err(e));
+            }
+        };
+        log::debug!("request {request:?}");
+        let op = request.op();
+        let reply = parsed.reply;
+        let result = match request {
+            Request::Create(req) => match self.create(&req, reply.clone()) {
+                // With start, the reply waits for the exec outcome.
+                Ok(_) if req.start => return,
+                Ok(instance) => Ok(self.describe(instance)),
+                Err(e) => Err(e),
+            },
+            Request::Start { id } => match self.handle_start(&id, reply.clone()) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Request::Kill { id, signal, all } => self.handle_kill(&id, signal.as_ref(), all),
+            Request::Delete { id, force } => match self.handle_delete(&id, force, reply.clone()) {
+                Ok(None) => return,
+                Ok(Some(v)) => Ok(v),
+                Err(e) => Err(e),
+            },
+            Request::State { id } => self.lookup(&id).map(|c| json!({ "state": c.state() })),
+            Request::List {} => Ok(self.handle_list()),
+            Request::Subscribe(req) => self.handle_subscribe(&req),
+            Request::Shutdown {} => {
+                self.begin_shutdown(reply);
+                return;
+            }
+            Request::Version {} => Ok(json!({ "version": protocol::VERSION, "protocol": 1 })),
+        };
+        if let Err(e) = &result {
+            log::warn!("{op}: {e}");
+        }
+        self.reply(reply, result);
+    }
+
+    /// Queues a reply; replies are sent after the iteration's events are
+    /// journaled, so a client that hears "ok" finds the event in the journal.
+    fn reply(&mut self, path: Option<String>, result: Result<Value>) {
+        let value = match result {
+            Ok(fields) => protocol::ok_reply(fields),
+            Err(e) => protocol::error_reply(&e, json!({})),
+        };
+        self.reply_value(path, value);
+    }
+
+    fn reply_value(&mut self, path: Option<String>, value: Value) {
+        let Some(path) = path else { return };
+        let mut line = serde_json::to_vec(&value).expect("a reply always serializes");
+        line.push(b'\n');
+        self.replies.push((path, line));
+    }
+
+    fn send_replies(&mut self) {
+        for (path, line) in std::mem::take(&mut self.replies) {
+            let fd = match fifo::open_fifo_writer(&path, "reply fifo") {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::warn!("reply: {e}");
+                    continue;
+                }
+            };
+            let mut sink = Sink::new(fd, usize::MAX);
+            sink.push_line(line);
+            sink.close_when_drained();
+            if sink.flush() == Flushed::Pending {
+                // A reply larger than the pipe (a long `list`): finish it
+                // when the pipe has room.
+                self.add_client(Client { sink, path, filter: None });
+            }
+        }
+    }
+
+    fn add_client(&mut self, client: Client) -> Option<Token> {
+        match self.register(client.sink.fd(), Source::Client, Interest::WRITABLE) {
+            Ok(token) => {
+                self.clients.insert(token, client);
+                Some(token)
+            }
+            Err(e) => {
+                log::warn!("fifo {}: {e}", client.path);
+                None
+            }
+        }
+    }
+
+    fn drop_client(&mut self, token: Token) {
+        if let Some(client) = self.clients.remove(&token) {
+            self.deregister(client.sink.fd(), token);
+            if client.filter.is_some() {
+                log::debug!("subscriber {} dropped", client.path);
+            }
+        }
+    }
+
+    fn handle_client(&mut self, token: Token, error: bool) {
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        // EPOLLERR on a FIFO's write end: the reader closed it.
+        if error || client.sink.flush() == Flushed::Done {
+            self.drop_client(token);
+        }
+    }
+
+    // ---- requests ----
+
+    fn lookup(&self, id: &str) -> Result<&Container> {
+        self.by_id
+            .get(id)
+            .and_then(|i| self.containers.get(i))
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no container {id:?}")))
+    }
+
+    fn lookup_instance(&self, id: &str) -> Result<u64> {
+        self.lookup(id).map(|c| c.instance)
+    }
+
+    fn describe(&self, instance: u64) -> Value {
+        match self.containers.get(&instance) {
+            Some(c) => {
+                json!({ "id": &*c.id, "instance": c.instance, "pid": c.pid.as_raw_nonzero().get(), "status": c.status.as_str() })
+            }
+            None => json!({}),
+        }
+    }
+
+    /// Creates a container (and starts it when asked); returns its instance.
+    fn create(&mut self, req: &CreateRequest, reply: Option<String>) -> Result<u64> {
+        protocol::validate_id(&req.id)?;
+        if self.shutdown.is_some() {
+            return Err(Error::new(
+                ErrorKind::ShuttingDown,
+                format!("cannot create {:?}: the supervisor is shutting down", req.id),
+            ));
+        }
+        if self.by_id.contains_key(req.id.as_str()) {
+            return Err(Error::new(ErrorKind::Exists, format!("container {:?} already exists", req.id)));
+        }
+        if req.bundle.is_some() || req.runtime.is_some() {
+            return Err(Error::new(ErrorKind::BadRequest, "OCI bundles are not supported by this supervisor yet"));
+        }
+        let stdin = match &req.stdin {
+            Some(path) => Stdio::Fd(fifo::open_stdio(path, "stdin")?),
+            None => Stdio::Fd(self.dev_null.try_clone().map_err(|e| Error::os(ErrorKind::System, "dup /dev/null", e))?),
+        };
+        let stdout = match &req.stdout {
+            Some(path) => Stdio::Fd(fifo::open_stdio(path, "stdout")?),
+            None => Stdio::Inherit,
+        };
+        let stderr = match &req.stderr {
+            Some(path) => Stdio::Fd(fifo::open_stdio(path, "stderr")?),
+            None => Stdio::Inherit,
+        };
+        let plan = Plan::new(req, [stdin, stdout, stderr], self.nofile)?;
+        let spawned = spawn::spawn(plan)?;
+        let instance = self.log.next_seq();
+        let pidfd_token = match self.register(&spawned.pidfd, Source::Pidfd(instance), Interest::READABLE) {
+            Ok(token) => token,
+            Err(e) => {
+                let _ = rustix::process::pidfd_send_signal(&spawned.pidfd, Signal::KILL);
+                let _ = reaper::reap_orphan(spawned.pid.as_raw_nonzero().get());
+                return Err(e);
+            }
+        };
+        let id: Rc<str> = req.id.as_str().into();
+        let mut container = Container {
+            id: id.clone(),
+            instance,
+            status: Status::Creating,
+            pid: spawned.pid,
+            pidfd: Some(spawned.pidfd),
+            pidfd_token,
+            start_pipe: Some(spawned.start),
+            status_pipe: Some(spawned.status),
+            pending_start: None,
+            pending_delete: Vec::new(),
+            remove: req.remove,
+            argv: req.argv.clone(),
+            bundle: req.bundle.clone(),
+            annotations: req.annotations.clone(),
+            created_at: Timestamp::now(),
+            started_at: None,
+            stopped_at: None,
+            exit: None,
+            exec_error: None,
+            events: Vec::with_capacity(4),
+        };
+        log::debug!("create {} argv {}", req.id, spawn::describe_argv(&req.argv));
+        let event = container.transition(Status::Created, container.created_at);
+        self.by_pid.insert(spawned.pid.as_raw_nonzero().get(), instance);
+        self.by_id.insert(id, instance);
+        self.containers.insert(instance, container);
+        self.emit(instance, event);
+        if req.start {
+            self.start(instance, reply)?;
+        }
+        Ok(instance)
+    }
+
+    fn handle_start(&mut self, id: &str, reply: Option<String>) -> Result<()> {
+        let instance = self.lookup_instance(id)?;
+        self.start(instance, reply)
+    }
+
+    /// Releases a created container; the reply waits for the exec outcome.
+    fn start(&mut self, instance: u64, reply: Option<String>) -> Result<()> {
+        let container = self.containers.get_mut(&instance).expect("caller checked the instance");
+        container.require(Action::Start, "start")?;
+        if container.pending_start.is_some() {
+            return Err(Error::new(
+                ErrorKind::WrongState,
+                format!("cannot start container {:?}: it is being started already", &*container.id),
+            ));
+        }
+        let (Some(start), Some(status)) = (container.start_pipe.take(), container.status_pipe.take()) else {
+            return Err(Error::new(ErrorKind::WrongState, format!("cannot start container {:?}", &*container.id)));
+        };
+        spawn::release(start)?;
+        let token = self.register(&status, Source::ExecStatus(instance), Interest::READABLE)?;
+        let container = self.containers.get_mut(&instance).expect("still there");
+        container.status_pipe = Some(status);
+        container.pending_start = Some(PendingStart { token, reply });
+        // The outcome may already be there; the edge for it is not lost
+        // (registration reports a ready fd), so the loop will see it.
+        Ok(())
+    }
+
+    fn handle_exec_status(&mut self, instance: u64) {
+        let Some(container) = self.containers.get(&instance) else { return };
+        let Some(pipe) = &container.status_pipe else { return };
+        let outcome = spawn::read_exec_outcome(pipe);
+        if outcome != ExecOutcome::Pending {
+            self.resolve_start(instance, outcome);
+        }
+    }
+
+    /// Acts on the exec outcome: `started`, or the exec error for the reply
+    /// and, once reaped, the `stopped` event.
+    fn resolve_start(&mut self, instance: u64, outcome: ExecOutcome) {
+        let Some(container) = self.containers.get_mut(&instance) else { return };
+        let Some(pending) = container.pending_start.take() else { return };
+        let pipe = container.status_pipe.take();
+        if let Some(pipe) = &pipe {
+            self.deregister(pipe, pending.token);
+        }
+        drop(pipe);
+        let container = self.containers.get_mut(&instance).expect("still there");
+        let result = match outcome {
+            ExecOutcome::Started | ExecOutcome::Pending => {
+                let event = container.transition(Status::Running, Timestamp::now());
+                self.emit(instance, event);
+                return self.reply(pending.reply, Ok(self.describe(instance)));
+            }
+            ExecOutcome::ExecFailed(errno) => {
+                let err = std::io::Error::from_raw_os_error(errno);
+                let message = format!("execve {}: {}", container.argv[0], describe_io(&err));
+                container.exec_error = Some(message.clone());
+                let code = spawn::exec_exit_code(errno);
+                log::warn!("start {}: {message} (status {code})", container.id);
+                (Error::new(ErrorKind::ExecFailed, format!("container {:?}: {message}", &*container.id)), code)
+            }
+            ExecOutcome::SetupFailed(errno) => {
+                let err = std::io::Error::from_raw_os_error(errno);
+                let message = format!("set up container process: {}", describe_io(&err));
+                container.exec_error = Some(message.clone());
+                log::warn!("start {}: {message}", container.id);
+                (
+                    Error::new(ErrorKind::System, format!("container {:?}: {message}", &*container.id)),
+                    spawn::SETUP_FAILED,
+                )
+            }
+        };
+        let (err, status) = result;
+        let fields = json!({ "id": &*container.id, "instance": instance, "status": status });
+        self.reply_value(pending.reply, protocol::error_reply(&err, fields));
+    }
+
+    fn handle_kill(&mut self, id: &str, signal: Option<&SignalArg>, all: bool) -> Result<Value> {
+        let number = match signal {
+            Some(s) => s.number()?,
+            None => SIGTERM,
+        };
+        let container = self.lookup(id)?;
+        container.require(Action::Kill, "kill")?;
+        let result = signal_container(container, number, all);
+        match result {
+            Ok(()) => {}
+            // ESRCH: it exited and awaits reaping; the reaper reports it.
+            Err(Errno::SRCH) => log::debug!("kill {id}: already exited"),
+            Err(e) => return Err(Error::os(ErrorKind::System, format!("kill container {id:?}"), e)),
+        }
+        log::info!("kill {id} {}{}", crate::signals::signal_name(number), if all { " (process group)" } else { "" });
+        Ok(json!({}))
+    }
+
+    /// Deletes now (Some reply) or once the killed process is reaped (None).
+    fn handle_delete(&mut self, id: &str, force: bool, reply: Option<String>) -> Result<Option<Value>> {
+        let instance = self.lookup_instance(id)?;
+        let container = self.containers.get_mut(&instance).expect("looked up");
+        container.require(if force { Action::ForceDelete } else { Action::Delete }, "delete")?;
+        if container.status == Status::Stopped {
+            self.delete(instance);
+            return Ok(Some(json!({})));
+        }
+        if let Err(e) = signal_container(container, SIGKILL, true) {
+            if e != Errno::SRCH {
+                return Err(Error::os(ErrorKind::System, format!("kill container {id:?}"), e));
+            }
+        }
+        container.pending_delete.push(reply);
+        Ok(None)
+    }
+
+    fn handle_list(&self) -> Value {
+        let mut all: Vec<&Container> = self.containers.values().collect();
+        all.sort_by_key(|c| c.instance);
+        json!({ "containers": all.iter().map(|c| c.state()).collect::<Vec<_>>() })
+    }
+
+    fn handle_subscribe(&mut self, req: &SubscribeRequest) -> Result<Value> {
+        if let Some(ids) = &req.ids {
+            for id in ids {
+                protocol::validate_id(id)?;
+            }
+        }
+        let fd = fifo::open_fifo_writer(&req.path, "subscriber fifo")?;
+        let mut filter = Filter {
+            ids: req.ids.as_ref().map(|ids| ids.iter().cloned().collect()),
+            types: req.types.as_ref().map(|t| t.iter().copied().collect()),
+            after: 0,
+        };
+        let last_published = self.log.last_published();
+        // The replay: every retained event of the named containers, or every
+        // event after `since`; in seq order, each once.
+        let mut replay: BTreeMap<u64, Rc<Published>> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        if let Some(ids) = &req.ids {
+            for id in ids {
+                match self.by_id.get(id.as_str()).and_then(|i| self.containers.get(i)) {
+                    Some(c) => replay.extend(c.events.iter().map(|e| (e.seq, e.clone()))),
+                    None => unknown.push(id.clone()),
+                }
+            }
+        }
+        if let Some(since) = req.since {
+            let (recent, complete) = self.log.recent_since(since);
+            if !complete {
+                let before = recent.first().map_or(last_published + 1, |e| e.seq);
+                match self.journal.read_since(since, before) {
+                    Ok(lines) => replay.extend(lines.into_iter().filter_map(|(seq, line)| journal_event(seq, line))),
+                    Err(e) => log::warn!("subscribe {}: {e}; replaying from memory only", req.path),
+                }
+            }
+            replay.extend(recent.into_iter().map(|e| (e.seq, e)));
+        }
+        if let Some(since) = req.since {
+            replay.retain(|seq, _| *seq > since);
+        }
+        filter.after = 0;
+        let mut sink = Sink::new(fd, self.config.subscriber_buffer);
+        for event in replay.values() {
+            if filter.matches(event.seq, event.kind, &event.id) && !sink.push_event(event) {
+                break;
+            }
+        }
+        filter.after = last_published.max(replay.keys().next_back().copied().unwrap_or(0));
+        log::debug!("subscriber {} added, replayed {} events", req.path, replay.len());
+        let flushed = sink.flush();
+        if flushed != Flushed::Done {
+            self.add_client(Client { sink, path: req.path.clone(), filter: Some(filter) });
+        }
+        Ok(json!({ "next": self.log.next_seq(), "unknown": unknown }))
+    }
+
+    // ---- events ----
+
+    /// Queues an event and keeps it with its container for replay.
+    fn emit(&mut self, instance: u64, event: Event) {
+        let published = self.log.push(&event);
+        if event.kind != EventType::Deleted {
+            if let Some(container) = self.containers.get_mut(&instance) {
+                container.events.push(published);
+            }
+        }
+    }
+
+    /// Journals the queued events, fans them out, then sends the replies.
+    fn publish(&mut self) {
+        let batch = self.log.take_pending();
+        if !batch.is_empty() {
+            if let Err(e) = self.journal.append(&batch) {
+                log::error!("{e}");
+            }
+            let mut done = Vec::new();
+            for (token, client) in self.clients.iter_mut() {
+                let Some(filter) = &client.filter else { continue };
+                if client.sink.is_closing() {
+                    continue;
+                }
+                let mut pushed = false;
+                for event in &batch {
+                    if filter.matches(event.seq, event.kind, &event.id) {
+                        pushed = true;
+                        if !client.sink.push_event(event) {
+                            log::warn!("subscriber {} overflowed at seq {}", client.path, event.seq);
+                            break;
+                        }
+                    }
+                }
+                if pushed && client.sink.flush() == Flushed::Done {
+                    done.push(*token);
+                }
+            }
+            for token in done {
+                self.drop_client(token);
+            }
+        }
+        self.send_replies();
+    }
+
+    // ---- exits and reaping ----
+
+    fn handle_exit(&mut self, instance: u64) {
+        self.reap_container(instance);
+    }
+
+    fn handle_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGCHLD => self.reap(),
+                _ if self.config.init.is_some() => self.forward(signal),
+                SIGTERM | SIGINT => {
+                    log::info!("{} received: shutting down", crate::signals::signal_name(signal));
+                    self.begin_shutdown(None);
+                }
+                _ => log::debug!("signal {signal} ignored"),
+            }
+        }
+    }
+
+    /// Init mode: passes a signal on to `main`.
+    fn forward(&mut self, signal: i32) {
+        let main = self.init_main.and_then(|i| self.containers.get(&i));
+        match main {
+            Some(c) if container::can_kill(c.status) => {
+                log::debug!("forwarding {} to main", crate::signals::signal_name(signal));
+                let _ = signal_container(c, signal, false);
+            }
+            _ if matches!(signal, SIGTERM | SIGINT) => self.begin_shutdown(None),
+            _ => {}
+        }
+    }
+
+    /// Reaps every exited child: container processes through their pidfds,
+    /// orphans by PID. SIGCHLD coalesces, so this loops until none is left.
+    fn reap(&mut self) {
+        loop {
+            match reaper::peek_zombie() {
+                Ok(Some(pid)) => match self.by_pid.get(&pid).copied() {
+                    Some(instance) => {
+                        if !self.reap_container(instance) {
+                            log::error!("container pid {pid} is a zombie but its pidfd reports no exit");
+                            break;
+                        }
+                    }
+                    None => {
+                        let exit = reaper::reap_orphan(pid);
+                        log::debug!("reaped orphan {pid}: status {:?}", exit.map(|e| e.status));
+                    }
+                },
+                Ok(None) => {
+                    self.no_children = false;
+                    break;
+                }
+                Err(errno) => {
+                    self.no_children = errno == libc::ECHILD;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reaps a container process if it exited; returns whether it did.
+    fn reap_container(&mut self, instance: u64) -> bool {
+        let Some(container) = self.containers.get(&instance) else { return false };
+        let Some(pidfd) = &container.pidfd else { return false };
+        let Some(mut exit) = reaper::reap_pidfd(pidfd) else { return false };
+        // A process that exits at once after exec can be reaped before its
+        // status pipe is read: settle `started` first (the pipe holds the
+        // outcome now that the process is gone).
+        if container.pending_start.is_some() {
+            let outcome = container.status_pipe.as_ref().map_or(ExecOutcome::Started, spawn::read_exec_outcome);
+            self.resolve_start(instance, outcome);
+        }
+        let container = self.containers.get_mut(&instance).expect("still there");
+        let pidfd = container.pidfd.take().expect("checked above");
+        let token = container.pidfd_token;
+        exit.error = container.exec_error.take();
+        container.exit = Some(exit);
+        container.start_pipe = None;
+        container.status_pipe = None;
+        let pid = container.pid.as_raw_nonzero().get();
+        let event = container.transition(Status::Stopped, Timestamp::now());
+        let remove = container.remove;
+        let waiting = std::mem::take(&mut container.pending_delete);
+        let status = container.exit.as_ref().map_or(0, |e| e.status);
+        self.deregister(&pidfd, token);
+        drop(pidfd);
+        self.by_pid.remove(&pid);
+        self.emit(instance, event);
+        self.stopped_order.push_back(instance);
+        self.stopped_count += 1;
+        if remove || !waiting.is_empty() {
+            self.delete(instance);
+            for reply in waiting {
+                self.reply(reply, Ok(json!({})));
+            }
+        }
+        if self.init_main == Some(instance) {
+            log::info!("main stopped with status {status}: shutting down");
+            self.exit_code = status;
+            self.begin_shutdown(None);
+        }
+        self.enforce_stopped_limit();
+        true
+    }
+
+    /// Forgets a stopped container and emits `deleted`.
+    fn delete(&mut self, instance: u64) {
+        let Some(container) = self.containers.remove(&instance) else { return };
+        debug_assert_eq!(container.status, Status::Stopped);
+        self.by_id.remove(&container.id);
+        self.stopped_count -= 1;
+        let event = container.deleted_event(Timestamp::now());
+        self.emit(instance, event);
+        // Keep the order queue from growing with containers deleted by hand.
+        while self.stopped_order.front().is_some_and(|i| !self.containers.contains_key(i)) {
+            self.stopped_order.pop_front();
+        }
+        if self.stopped_order.len() > 2 * self.stopped_count + 64 {
+            let containers = &self.containers;
+            self.stopped_order.retain(|i| containers.contains_key(i));
+        }
+    }
+
+    /// Deletes the oldest stopped containers beyond the configured number.
+    fn enforce_stopped_limit(&mut self) {
+        while self.stopped_count > self.config.max_stopped {
+            let Some(oldest) = self.stopped_order.pop_front() else { break };
+            if self.containers.get(&oldest).is_some_and(|c| c.status == Status::Stopped) {
+                log::debug!("deleting stopped container instance {oldest}: over --max-stopped");
+                self.delete(oldest);
+            }
+        }
+    }
+
+    // ---- shutdown ----
+
+    fn begin_shutdown(&mut self, reply: Option<String>) {
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.replies.push(reply);
+            return;
+        }
+        log::info!("shutdown: SIGTERM to every container, SIGKILL after {:?}", self.config.grace);
+        if self.config.notify {
+            notify("STOPPING=1");
+        }
+        for container in self.containers.values() {
+            if container.pidfd.is_some() {
+                let _ = signal_container(container, SIGTERM, true);
+            }
+        }
+        self.shutdown = Some(Shutdown {
+            deadline: Instant::now() + self.config.grace,
+            killed: false,
+            orphans_signalled: false,
+            replies: vec![reply],
+        });
+    }
+
+    /// One shutdown step; returns true when nothing is left to wait for.
+    fn advance_shutdown(&mut self) -> bool {
+        self.reap();
+        let containers_left = self.containers.values().any(|c| c.pidfd.is_some());
+        let shutdown = self.shutdown.as_mut().expect("shutting down");
+        if !containers_left && !shutdown.orphans_signalled {
+            // Descendants that left their container's process group were
+            // reparented to us: they get the same SIGTERM and grace.
+            shutdown.orphans_signalled = true;
+            signal_children(Signal::TERM);
+            self.reap();
+        }
+        let shutdown = self.shutdown.as_mut().expect("shutting down");
+        if !containers_left && self.no_children {
+            return true;
+        }
+        if Instant::now() >= shutdown.deadline && !shutdown.killed {
+            shutdown.killed = true;
+            log::warn!("shutdown: grace period over, SIGKILL to what is left");
+            for container in self.containers.values() {
+                if container.pidfd.is_some() {
+                    let _ = signal_container(container, SIGKILL, true);
+                }
+            }
+            signal_children(Signal::KILL);
+        }
+        if self.shutdown.as_ref().expect("shutting down").killed {
+            // Everything was sent SIGKILL; new orphans may still appear as
+            // their parents die, so kill and reap until no child is left.
+            for _ in 0..1000 {
+                self.reap();
+                if self.no_children {
+                    break;
+                }
+                signal_children(Signal::KILL);
+                let mut events = Events::with_capacity(64);
+                let _ = self.poll.poll(&mut events, Some(Duration::from_millis(10)));
+                self.drain_exits(&events);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Handles pidfd events that arrived during the final kill loop.
+    fn drain_exits(&mut self, events: &Events) {
+        for event in events.iter() {
+            if let Some(Source::Pidfd(instance)) = self.sources.get(&event.token()).copied() {
+                self.reap_container(instance);
+            }
+        }
+    }
+
+    /// Publishes the last events, answers `shutdown`, lets subscribers drain
+    /// for a moment, and returns the exit code.
+    fn finish(mut self) -> i32 {
+        self.reap();
+        let replies = self.shutdown.take().map(|s| s.replies).unwrap_or_default();
+        for reply in replies {
+            self.reply(reply, Ok(json!({})));
+        }
+        self.publish();
+        let deadline = Instant::now() + FINAL_FLUSH;
+        let mut events = Events::with_capacity(64);
+        while self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("shutdown: some subscribers did not read their last events");
+                break;
+            }
+            if self.poll.poll(&mut events, Some(left)).is_err() {
+                continue;
+            }
+            for event in events.iter() {
+                if self.clients.contains_key(&event.token()) {
+                    self.handle_client(event.token(), event.is_error());
+                }
+            }
+        }
+        log::info!("supervisor exits with status {}", self.exit_code);
+        self.exit_code
+    }
+}
+
+/// Signals a container's process (through its pidfd) or, with `all`, its
+/// process group (its PID: it leads its own session). The process is
+/// unreaped while this is called, so neither PID nor group can be reused.
+fn signal_container(container: &Container, signal: i32, all: bool) -> std::result::Result<(), Errno> {
+    let Some(pidfd) = &container.pidfd else { return Err(Errno::SRCH) };
+    // SAFETY: `signal` is a number in 1..=64, checked by the caller.
+    let sig = unsafe { Signal::from_raw_unchecked(signal) };
+    if all {
+        match rustix::process::kill_process_group(container.pid, sig) {
+            // The group may be gone while the leader is a zombie.
+            Ok(()) | Err(Errno::SRCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    rustix::process::pidfd_send_signal(pidfd.as_fd(), sig)
+}
+
+fn signal_children(signal: Signal) {
+    for pid in reaper::children() {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+/// A journal line as a replayable event (its type and id read back).
+fn journal_event(seq: u64, line: Vec<u8>) -> Option<(u64, Rc<Published>)> {
+    let value: Value = serde_json::from_slice(&line).ok()?;
+    let kind: EventType = serde_json::from_value(value.get("type")?.clone()).ok()?;
+    let id: Rc<str> = value.get("id")?.as_str()?.into();
+    let instance = value.get("instance").and_then(Value::as_u64).unwrap_or(0);
+    Some((seq, Rc::new(Published { seq, kind, id, instance, line: line.into() })))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (every container holds
+/// fds here) and returns the original, which children get back.
+fn raise_nofile_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: valid in-pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return None;
+    }
+    Some(limit)
+}
+
+const _: () = assert!(MAX_LINE <= MAX_HELD_LINE);
