@@ -86,7 +86,8 @@ impl Journal {
             for line in BufReader::new(file).split(b'\n') {
                 let mut line = line.map_err(|e| Error::os(ErrorKind::System, format!("read {}", path.display()), e))?;
                 if let Some(seq) = line_seq(&line) {
-                    if seq > since && seq < before {
+                    // A torn line (from a crash) is skipped.
+                    if seq > since && seq < before && is_json(&line) {
                         line.push(b'\n');
                         out.push((seq, line));
                     }
@@ -133,7 +134,22 @@ fn last_seq(path: &Path) -> Result<u64> {
         .map_err(|e| Error::os(ErrorKind::System, format!("seek {}", path.display()), e))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).map_err(|e| Error::os(ErrorKind::System, format!("read {}", path.display()), e))?;
-    Ok(tail.split(|b| *b == b'\n').filter_map(line_seq).max().unwrap_or(0))
+    // Only whole lines count: not the piece before the first newline when
+    // we started mid-file, nor a torn piece after the last newline.
+    let mut lines: Vec<&[u8]> = tail.split(|b| *b == b'\n').collect();
+    lines.pop();
+    let skip = usize::from(from > 0);
+    Ok(lines
+        .into_iter()
+        .skip(skip)
+        .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok())
+        .filter_map(line_seq)
+        .max()
+        .unwrap_or(0))
+}
+
+fn is_json(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
 }
 
 /// The seq of a journal line, which always begins `{"seq":N,`.
