@@ -783,8 +783,12 @@ impl Supervisor {
 
     // ---- exits and reaping ----
 
+    /// A pidfd became readable. Reap that container and every other zombie
+    /// with it, so that once a client sees this container's `stopped`, every
+    /// child that exited before it has been reaped too.
     fn handle_exit(&mut self, instance: u64) {
         self.reap_container(instance);
+        self.reap();
     }
 
     fn handle_signals(&mut self) {
