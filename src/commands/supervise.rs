@@ -19,7 +19,8 @@ use super::common::{parse_duration, parse_size, FAILED, PIDVISOR_FAILED};
 /// SIGWINCH to it, and exits with main's status once it stops. It works as
 /// PID 1 of a container.
 ///
-/// Logs go to stderr (RUST_LOG=debug for more).
+/// Logs go to stderr: every lifecycle transition at info, only warnings in
+/// init mode (RUST_LOG=debug for more).
 ///
 /// Examples:
 ///   pidvisor --root /tmp/ci supervise &
@@ -64,7 +65,10 @@ pub struct Args {
 pub fn run(args: Args, root: PathBuf) -> i32 {
     // Before anything opens an fd: whatever we inherited is not ours to pass on.
     pidvisor_supervisor::supervisor::sanitize_inherited_fds();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_target(false).init();
+    // As PID 1 of a container the supervisor speaks only of trouble, like
+    // tini; as a service it logs every lifecycle transition.
+    let level = if args.command.is_empty() { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_target(false).init();
     let mut config = Config::new(root);
     config.notify = args.notify;
     config.grace = args.grace;

@@ -244,7 +244,18 @@ impl Supervisor {
             self.log.next_seq()
         );
         if let Some(argv) = self.config.init.clone() {
-            let req = CreateRequest { id: "main".into(), argv, start: true, ..Default::default() };
+            // main is attached to the supervisor's own stdio (its very fds,
+            // through the same /proc/PID/fd path clients use).
+            let me = std::process::id();
+            let req = CreateRequest {
+                id: "main".into(),
+                argv,
+                start: true,
+                stdin: Some(format!("/proc/{me}/fd/0")),
+                stdout: Some(format!("/proc/{me}/fd/1")),
+                stderr: Some(format!("/proc/{me}/fd/2")),
+                ..Default::default()
+            };
             match self.create(&req, None) {
                 Ok(instance) => self.init_main = Some(instance),
                 Err(e) => {
