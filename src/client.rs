@@ -369,7 +369,15 @@ impl Client {
                 }
                 Ready::SupervisorGone => {
                     let _ = child.wait();
-                    // Another client may have started one at the same time.
+                    // Another client started one at the same time: ours lost
+                    // the lock. Wait for the winner to open `ctl` (it sends
+                    // READY=1 to its own client, not to us, so check).
+                    while root::lock_holder(&self.root).is_some() && Instant::now() < deadline {
+                        if self.is_served() {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     if self.is_served() {
                         return Ok(());
                     }

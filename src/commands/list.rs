@@ -44,8 +44,8 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
         print_line(&format!(
             "{:<24} {:>9} {:>8} {:<8} {:>6} {}",
             c["id"].as_str().unwrap_or("?"),
-            c["instance"],
-            c["pid"],
+            c["instance"].as_u64().map(|i| i.to_string()).unwrap_or_default(),
+            c["pid"].as_i64().map(|p| p.to_string()).unwrap_or_default(),
             c["status"].as_str().unwrap_or("?"),
             exit,
             argv.join(" ")
