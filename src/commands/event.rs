@@ -39,7 +39,8 @@ pub struct Args {
     #[arg(long, short = 'f')]
     follow: bool,
 
-    /// Give up after this long (10s, 500ms, 2m); exit 124.
+    /// Give up after this long (10s, 500ms, 2m): exit 124 if nothing
+    /// matched; with --follow, exit 0 then if something was printed.
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     timeout: Option<Duration>,
 
@@ -72,6 +73,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
     let client = Client::new(root);
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut since = args.since;
+    let mut printed = false;
     loop {
         let mut fields = json!({});
         if !args.ids.is_empty() {
@@ -102,6 +104,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
                         break;
                     }
                     print_line(&line);
+                    printed = true;
                     if !args.follow {
                         return 0;
                     }
@@ -113,7 +116,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
                     report("event", &"the supervisor shut down before a matching event");
                     return FAILED;
                 }
-                Ok(Next::Timeout) | Ok(Next::Interrupted) => return TIMED_OUT,
+                Ok(Next::Timeout) | Ok(Next::Interrupted) => return if printed { 0 } else { TIMED_OUT },
                 Err(e) => {
                     report("event", &e);
                     return FAILED;

@@ -110,6 +110,8 @@ pub struct Container {
     pub start_pipe: Option<OwnedFd>,
     /// The status pipe's read end, until the exec outcome is known.
     pub status_pipe: Option<OwnedFd>,
+    /// What the status pipe said so far.
+    pub status_seen: Vec<u8>,
     /// Set between `start` and the exec outcome.
     pub pending_start: Option<PendingStart>,
     /// Replies owed once the process is reaped (a forced `delete`).

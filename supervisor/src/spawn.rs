@@ -74,7 +74,7 @@ pub struct Spawned {
 /// How exec went, as read from the status pipe.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ExecOutcome {
-    /// Nothing yet: the child has not exec'd or failed.
+    /// Nothing decided yet: the pipe is still open.
     Pending,
     /// execve succeeded.
     Started,
@@ -82,7 +82,13 @@ pub enum ExecOutcome {
     ExecFailed(i32),
     /// Setup before exec failed with this errno: exit code 125.
     SetupFailed(i32),
+    /// The process died before it read its start byte (killed before start).
+    NeverStarted,
 }
+
+/// The byte the child writes once it has read its start byte, so that a
+/// death before start (end-of-file without it) is not taken for an exec.
+const RELEASED: u8 = b'R';
 
 /// The exit code a shell gives an exec failure: 127 for a missing file, 126
 /// for one that cannot be executed (EACCES, ENOEXEC, ...).
@@ -246,26 +252,36 @@ pub fn release(start: OwnedFd) -> Result<()> {
     }
 }
 
-/// Reads the status pipe: end-of-file is a successful exec.
-pub fn read_exec_outcome(status: &OwnedFd) -> ExecOutcome {
-    let mut buf = [0u8; 8];
+/// Reads what the status pipe holds into `seen` and decides at end-of-file:
+/// the released byte alone means execve succeeded (the kernel closed the
+/// close-on-exec pipe), eight more bytes carry a failure, nothing at all
+/// means the process died before it was released.
+pub fn read_exec_outcome(status: &OwnedFd, seen: &mut Vec<u8>) -> ExecOutcome {
+    let mut buf = [0u8; 16];
     loop {
-        return match rustix::io::read(status, &mut buf) {
-            Ok(0) => ExecOutcome::Started,
-            // Writes of up to PIPE_BUF bytes are atomic: 8 bytes or nothing.
-            Ok(8) => {
-                let stage = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
-                let errno = i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes"));
-                if stage == STAGE_EXEC {
-                    ExecOutcome::ExecFailed(errno)
-                } else {
-                    ExecOutcome::SetupFailed(errno)
-                }
-            }
-            Ok(_) => ExecOutcome::SetupFailed(libc::EIO),
+        match rustix::io::read(status, &mut buf) {
+            Ok(0) => return decode_outcome(seen),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
             Err(Errno::INTR) => continue,
-            Err(_) => ExecOutcome::Pending,
-        };
+            Err(_) => return ExecOutcome::Pending,
+        }
+    }
+}
+
+fn decode_outcome(seen: &[u8]) -> ExecOutcome {
+    let (released, rest) = match seen.split_first() {
+        Some((&RELEASED, rest)) => (true, rest),
+        _ => (false, seen),
+    };
+    if rest.len() >= 8 {
+        let stage = u32::from_ne_bytes(rest[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_ne_bytes(rest[4..8].try_into().expect("4 bytes"));
+        return if stage == STAGE_EXEC { ExecOutcome::ExecFailed(errno) } else { ExecOutcome::SetupFailed(errno) };
+    }
+    if released {
+        ExecOutcome::Started
+    } else {
+        ExecOutcome::NeverStarted
     }
 }
 
@@ -326,6 +342,7 @@ impl Child<'_> {
             libc::_exit(SETUP_FAILED);
         }
         libc::close(self.start);
+        libc::write(self.status, (&RELEASED as *const u8).cast(), 1);
 
         // As execvp(3): EACCES anywhere wins over a later ENOENT.
         let mut saw_eacces = false;
@@ -395,6 +412,19 @@ mod tests {
         assert_eq!(c, ["/a/sh", "./sh", "/b/sh"]);
         let c = search_path("./x", OsStr::new("/a")).unwrap();
         assert_eq!(c[0].to_str().unwrap(), "./x");
+    }
+
+    #[test]
+    fn outcomes_decode() {
+        let mut failed = vec![RELEASED];
+        failed.extend_from_slice(&STAGE_EXEC.to_ne_bytes());
+        failed.extend_from_slice(&libc::ENOENT.to_ne_bytes());
+        assert_eq!(decode_outcome(&failed), ExecOutcome::ExecFailed(libc::ENOENT));
+        assert_eq!(decode_outcome(&[RELEASED]), ExecOutcome::Started);
+        assert_eq!(decode_outcome(&[]), ExecOutcome::NeverStarted);
+        let mut setup = STAGE_SETUP.to_ne_bytes().to_vec();
+        setup.extend_from_slice(&libc::EBADF.to_ne_bytes());
+        assert_eq!(decode_outcome(&setup), ExecOutcome::SetupFailed(libc::EBADF));
     }
 
     #[test]

@@ -546,6 +546,7 @@ impl Supervisor {
             pidfd_token,
             start_pipe: Some(spawned.start),
             status_pipe: Some(spawned.status),
+            status_seen: Vec::new(),
             pending_start: None,
             pending_delete: Vec::new(),
             remove: req.remove,
@@ -600,9 +601,9 @@ impl Supervisor {
     }
 
     fn handle_exec_status(&mut self, instance: u64) {
-        let Some(container) = self.containers.get(&instance) else { return };
+        let Some(container) = self.containers.get_mut(&instance) else { return };
         let Some(pipe) = &container.status_pipe else { return };
-        let outcome = spawn::read_exec_outcome(pipe);
+        let outcome = spawn::read_exec_outcome(pipe, &mut container.status_seen);
         if outcome != ExecOutcome::Pending {
             self.resolve_start(instance, outcome);
         }
@@ -614,13 +615,14 @@ impl Supervisor {
         let Some(container) = self.containers.get_mut(&instance) else { return };
         let Some(pending) = container.pending_start.take() else { return };
         let pipe = container.status_pipe.take();
+        container.status_seen = Vec::new();
         if let Some(pipe) = &pipe {
             self.deregister(pipe, pending.token);
         }
         drop(pipe);
         let container = self.containers.get_mut(&instance).expect("still there");
         let result = match outcome {
-            ExecOutcome::Started | ExecOutcome::Pending => {
+            ExecOutcome::Started => {
                 let event = container.transition(Status::Running, Timestamp::now());
                 self.emit(instance, event);
                 return self.reply(pending.reply, Ok(self.describe(instance)));
@@ -632,6 +634,10 @@ impl Supervisor {
                 let code = spawn::exec_exit_code(errno);
                 log::warn!("start {}: {message} (status {code})", container.id);
                 (Error::new(ErrorKind::ExecFailed, format!("container {:?}: {message}", &*container.id)), code)
+            }
+            ExecOutcome::NeverStarted | ExecOutcome::Pending => {
+                let message = format!("container {:?} stopped before it could start", &*container.id);
+                (Error::new(ErrorKind::WrongState, message), 0)
             }
             ExecOutcome::SetupFailed(errno) => {
                 let err = std::io::Error::from_raw_os_error(errno);
@@ -866,10 +872,17 @@ impl Supervisor {
         let Some(mut exit) = reaper::reap_pidfd(pidfd) else { return false };
         // A process that exits at once after exec can be reaped before its
         // status pipe is read: settle `started` first (the pipe holds the
-        // outcome now that the process is gone).
-        if container.pending_start.is_some() {
-            let outcome = container.status_pipe.as_ref().map_or(ExecOutcome::Started, spawn::read_exec_outcome);
-            self.resolve_start(instance, outcome);
+        // whole outcome now that the process is gone). Without a start, the
+        // pipe may still name a setup failure.
+        let container = self.containers.get_mut(&instance).expect("still there");
+        if let Some(pipe) = &container.status_pipe {
+            let outcome = spawn::read_exec_outcome(pipe, &mut container.status_seen);
+            if container.pending_start.is_some() {
+                self.resolve_start(instance, outcome);
+            } else if let ExecOutcome::SetupFailed(errno) = outcome {
+                let err = std::io::Error::from_raw_os_error(errno);
+                container.exec_error = Some(format!("set up container process: {}", describe_io(&err)));
+            }
         }
         let container = self.containers.get_mut(&instance).expect("still there");
         let pidfd = container.pidfd.take().expect("checked above");

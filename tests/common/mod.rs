@@ -413,3 +413,11 @@ pub fn open_fds(pid: i32) -> Vec<i32> {
     fds.sort();
     fds
 }
+
+impl Sub {
+    /// Reads lines from any fd: a pipe, or a FIFO opened with
+    /// [`fifo_reader`] (a container's stdout, a readiness signal).
+    pub fn from_fd(fd: OwnedFd, path: &Path) -> Sub {
+        Sub { fd, buf: Vec::new(), path: path.to_path_buf() }
+    }
+}
