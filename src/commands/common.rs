@@ -155,6 +155,8 @@ pub struct CreateFields<'a> {
     pub stdin: Option<&'a Path>,
     pub stdout: Option<&'a Path>,
     pub stderr: Option<&'a Path>,
+    pub bundle: Option<&'a Path>,
+    pub runtime: Option<&'a str>,
     /// Attach the container to the caller's own stdio where no path is given.
     pub attach: bool,
 }
@@ -179,7 +181,14 @@ impl CreateFields<'_> {
                 std::env::current_dir().map_err(|e| format!("current directory: {e}"))?.to_string_lossy().into_owned()
             }
         };
-        let mut req = json!({ "op": "create", "id": self.id, "argv": self.argv, "env": env, "cwd": cwd });
+        let mut req = match self.bundle {
+            // The bundle's config.json says what runs, where and with what.
+            Some(bundle) => json!({ "op": "create", "id": self.id, "bundle": absolute(bundle)? }),
+            None => json!({ "op": "create", "id": self.id, "argv": self.argv, "env": env, "cwd": cwd }),
+        };
+        if let Some(runtime) = self.runtime {
+            req["runtime"] = runtime.into();
+        }
         let me = std::process::id();
         for (name, given, fd) in [("stdin", self.stdin, 0), ("stdout", self.stdout, 1), ("stderr", self.stderr, 2)] {
             if let Some(path) = given {

@@ -20,6 +20,10 @@ use crate::client::Client;
 /// status (forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it meanwhile).
 /// When no supervisor runs on the root, one is started in the background.
 ///
+/// With --bundle, the container is an OCI bundle run through an OCI runtime
+/// (runc or crun): `runtime create` makes it, `pidvisor start` runs
+/// `runtime start`, and the container process is the runtime's init.
+///
 /// The race-free hook workflow:
 ///   pidvisor create --wait web -- ./server &
 ///   pidvisor event --type created web && ./hook && pidvisor start web
@@ -37,8 +41,8 @@ pub struct Args {
     /// The container's id: 1-64 of [A-Za-z0-9_.-], starting alphanumeric.
     pub id: String,
 
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (not with --bundle).
+    #[arg(last = true, required_unless_present = "bundle", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -68,6 +72,16 @@ pub struct Options {
     /// Write the container process's PID to this file.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+
+    /// Run an OCI bundle (a directory with config.json) through an OCI
+    /// runtime instead of a command.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cwd", "env"])]
+    pub bundle: Option<PathBuf>,
+
+    /// The OCI runtime for --bundle: runc, crun or a path [default: runc,
+    /// else crun].
+    #[arg(long, value_name = "RUNTIME", requires = "bundle")]
+    pub runtime: Option<String>,
 }
 
 impl Options {
@@ -81,6 +95,8 @@ impl Options {
             stdin: self.stdin.as_deref(),
             stdout: self.stdout.as_deref(),
             stderr: self.stderr.as_deref(),
+            bundle: self.bundle.as_deref(),
+            runtime: self.runtime.as_deref(),
             attach,
         }
         .to_request()

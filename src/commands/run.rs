@@ -33,8 +33,8 @@ pub struct Args {
     /// The container's id: 1-64 of [A-Za-z0-9_.-], starting alphanumeric.
     id: String,
 
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (not with --bundle).
+    #[arg(last = true, required_unless_present = "bundle", value_name = "CMD")]
     command: Vec<String>,
 }
 

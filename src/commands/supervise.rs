@@ -70,7 +70,14 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
     let level = if args.command.is_empty() { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_target(false).init();
     let mut config = Config::new(root);
-    config.notify = args.notify;
+    // Taken out of the environment either way: containers must not see it.
+    let socket = pidvisor_supervisor::notify::take_notify_socket();
+    if args.notify {
+        if socket.is_none() {
+            log::warn!("--notify: NOTIFY_SOCKET is not set; nothing will be notified");
+        }
+        config.notify = socket;
+    }
     config.grace = args.grace;
     config.max_stopped = args.max_stopped;
     config.retained_events = args.retained_events;

@@ -122,6 +122,8 @@ pub struct Container {
     pub argv: Vec<String>,
     /// The OCI bundle, if any.
     pub bundle: Option<String>,
+    /// The OCI runtime that runs the bundle.
+    pub runtime: Option<crate::runtime::Runtime>,
     /// Annotations for `state`.
     pub annotations: std::collections::BTreeMap<String, String>,
     /// When it was created, started and stopped.

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     System,
     /// The supervisor is shutting down and takes no new containers.
     ShuttingDown,
+    /// The events asked for (`since`) are no longer retained.
+    Expired,
 }
 
 /// An error of the supervisor: a kind for the wire, a message for people and

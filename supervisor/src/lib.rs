@@ -13,6 +13,7 @@ pub mod notify;
 pub mod protocol;
 pub mod reaper;
 pub mod root;
+pub mod runtime;
 pub mod signals;
 pub mod sink;
 pub mod spawn;

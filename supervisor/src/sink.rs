@@ -87,6 +87,11 @@ impl Sink {
         if self.closing {
             return false;
         }
+        // Full: first let the pipe take what it can, so that a reader who
+        // keeps up is never cut off by a burst (or a long replay).
+        if self.queued_bytes + event.line.len() > self.limit && self.flush() == Flushed::Done {
+            return false;
+        }
         if self.queued_bytes + event.line.len() <= self.limit {
             self.queued_bytes += event.line.len();
             self.queue.push_back(Chunk::Event(event.clone()));
@@ -180,6 +185,12 @@ mod tests {
     #[test]
     fn overflow_drops_unbegun_lines_and_names_the_first_lost_seq() {
         let (mut reader, w) = pipe();
+        // Fill the pipe so that nothing more can be written.
+        let filler = vec![b'x'; 1 << 20];
+        let mut pipe_full = 0;
+        while let Ok(n) = rustix::io::write(&w, &filler) {
+            pipe_full += n;
+        }
         let one = published(1).line.len();
         let mut sink = Sink::new(w, one * 3);
         for seq in 1..=3 {
@@ -187,11 +198,28 @@ mod tests {
         }
         assert!(!sink.push_event(&published(4)));
         assert!(!sink.push_event(&published(5)), "closed after overflow");
+        let mut drained = vec![0u8; pipe_full];
+        reader.read_exact(&mut drained).unwrap();
         assert_eq!(sink.flush(), Flushed::Done);
         drop(sink);
         let mut text = String::new();
         reader.read_to_string(&mut text).unwrap();
         assert_eq!(text, "{\"type\":\"overflow\",\"next\":1}\n");
+    }
+
+    #[test]
+    fn a_full_queue_drains_into_the_pipe_before_it_overflows() {
+        let (mut reader, w) = pipe();
+        let one = published(1).line.len();
+        let mut sink = Sink::new(w, one * 3);
+        for seq in 1..=10 {
+            assert!(sink.push_event(&published(seq)), "the pipe has room for {seq}");
+        }
+        assert_eq!(sink.flush(), Flushed::Drained);
+        drop(sink);
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text.lines().count(), 10);
     }
 
     #[test]

@@ -285,6 +285,16 @@ fn decode_outcome(seen: &[u8]) -> ExecOutcome {
     }
 }
 
+/// The kernel's `struct sigaction` for rt_sigaction(2) (not glibc's, whose
+/// mask is 128 bytes): handler, flags, restorer, a 64-bit mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
 /// What the forked child needs, as raw values.
 struct Child<'a> {
     argv: *const *const libc::c_char,
@@ -302,11 +312,19 @@ impl Child<'_> {
     unsafe fn run(&self) -> ! {
         // Default dispositions before unblocking, so that a pending signal
         // acts as it would on a fresh process (kill before start works).
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // The raw system call, not glibc's sigaction(3), which refuses the
+        // two signals glibc reserves (32 and 33) with EINVAL: an ignored
+        // disposition there would otherwise pass through exec.
+        let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
         for sig in 1..=crate::signals::MAX_SIGNAL {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    std::mem::size_of::<u64>(),
+                );
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();

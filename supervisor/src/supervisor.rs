@@ -15,20 +15,21 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use rustix::io::Errno;
-use rustix::process::Signal;
+use rustix::process::{Pid, Signal};
 use serde_json::{json, Value};
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::container::{self, Action, Container, PendingStart, Status};
 use crate::error::{describe_io, Error, ErrorKind, Result};
-use crate::event::{Event, EventLog, EventType, Published};
+use crate::event::{Event, EventLog, EventType, Exit, Published};
 use crate::fifo;
 use crate::journal::Journal;
 use crate::notify::notify;
 use crate::protocol::{self, CreateRequest, Request, SignalArg, SubscribeRequest, MAX_LINE};
 use crate::reaper;
 use crate::root;
+use crate::runtime::{self, Job, Runtime};
 use crate::sink::{Flushed, Sink};
 use crate::spawn::{self, ExecOutcome, Plan, Stdio};
 use crate::time::Timestamp;
@@ -62,8 +63,8 @@ pub struct Config {
     pub subscriber_buffer: usize,
     /// Size of the journal file before it is rotated.
     pub journal_size: u64,
-    /// Send READY=1 / STOPPING=1 to $NOTIFY_SOCKET.
-    pub notify: bool,
+    /// Where to send READY=1 / STOPPING=1 (systemd's $NOTIFY_SOCKET).
+    pub notify: Option<std::ffi::OsString>,
     /// Init mode: run this as container `main` and exit with its status.
     pub init: Option<Vec<String>>,
 }
@@ -78,7 +79,7 @@ impl Config {
             retained_events: 4096,
             subscriber_buffer: 1 << 20,
             journal_size: 16 << 20,
-            notify: false,
+            notify: None,
             init: None,
         }
     }
@@ -94,6 +95,32 @@ enum Source {
     ExecStatus(u64),
     /// A reply or subscriber FIFO.
     Client,
+    /// The pidfd of an OCI runtime command (by PID).
+    Helper(i32),
+}
+
+/// An OCI runtime command in flight, and what to do when it exits.
+struct Helper {
+    pidfd: OwnedFd,
+    token: Token,
+    job: HelperJob,
+    /// Held open so the child's write of its released byte cannot hit EPIPE.
+    _status_pipe: OwnedFd,
+}
+
+enum HelperJob {
+    /// `runtime create`: then the container exists.
+    Create(Box<PendingCreate>),
+    /// `runtime start` of this instance.
+    Start(u64),
+    /// `runtime delete` of this id: nothing waits for it.
+    Delete(String),
+}
+
+struct PendingCreate {
+    req: CreateRequest,
+    reply: Option<String>,
+    runtime: Runtime,
 }
 
 /// What a subscriber wants.
@@ -143,6 +170,7 @@ pub struct Supervisor {
     containers: HashMap<u64, Container>,
     by_id: HashMap<Rc<str>, u64>,
     by_pid: HashMap<i32, u64>,
+    helpers: HashMap<i32, Helper>,
     stopped_order: VecDeque<u64>,
     stopped_count: usize,
     clients: HashMap<Token, Client>,
@@ -221,6 +249,7 @@ impl Supervisor {
             containers: HashMap::new(),
             by_id: HashMap::new(),
             by_pid: HashMap::new(),
+            helpers: HashMap::new(),
             stopped_order: VecDeque::new(),
             stopped_count: 0,
             clients: HashMap::new(),
@@ -257,15 +286,15 @@ impl Supervisor {
                 ..Default::default()
             };
             match self.create(&req, None) {
-                Ok(instance) => self.init_main = Some(instance),
+                Ok(instance) => self.init_main = instance,
                 Err(e) => {
                     log::error!("init: create main: {e}");
                     return 125;
                 }
             }
         }
-        if self.config.notify {
-            notify("READY=1");
+        if let Some(socket) = &self.config.notify {
+            notify(socket, "READY=1");
         }
         let mut events = Events::with_capacity(256);
         loop {
@@ -284,6 +313,10 @@ impl Supervisor {
                         Some(Source::Pidfd(instance)) => self.handle_exit(instance),
                         Some(Source::ExecStatus(instance)) => self.handle_exec_status(instance),
                         Some(Source::Client) => self.handle_client(token, event.is_error()),
+                        Some(Source::Helper(pid)) => {
+                            self.reap_helper(pid);
+                            self.reap();
+                        }
                         None => log::debug!("event for stale token {}", token.0),
                     },
                 }
@@ -379,9 +412,9 @@ impl Supervisor {
         let reply = parsed.reply;
         let result = match request {
             Request::Create(req) => match self.create(&req, reply.clone()) {
-                // With start, the reply waits for the exec outcome.
-                Ok(_) if req.start => return,
-                Ok(instance) => Ok(self.describe(instance)),
+                Ok(Some(instance)) if !req.start => Ok(self.describe(instance)),
+                // The reply waits for the exec outcome, or for the runtime.
+                Ok(_) => return,
                 Err(e) => Err(e),
             },
             Request::Start { id } => match self.handle_start(&id, reply.clone()) {
@@ -498,8 +531,9 @@ impl Supervisor {
         }
     }
 
-    /// Creates a container (and starts it when asked); returns its instance.
-    fn create(&mut self, req: &CreateRequest, reply: Option<String>) -> Result<u64> {
+    /// Creates a container (and starts it when asked); returns its
+    /// instance, or None when a runtime command finishes the job later.
+    fn create(&mut self, req: &CreateRequest, reply: Option<String>) -> Result<Option<u64>> {
         protocol::validate_id(&req.id)?;
         if self.shutdown.is_some() {
             return Err(Error::new(
@@ -507,12 +541,37 @@ impl Supervisor {
                 format!("cannot create {:?}: the supervisor is shutting down", req.id),
             ));
         }
-        if self.by_id.contains_key(req.id.as_str()) {
+        let creating = self.helpers.values().any(|h| matches!(&h.job, HelperJob::Create(p) if p.req.id == req.id));
+        if creating || self.by_id.contains_key(req.id.as_str()) {
             return Err(Error::new(ErrorKind::Exists, format!("container {:?} already exists", req.id)));
         }
-        if req.bundle.is_some() || req.runtime.is_some() {
-            return Err(Error::new(ErrorKind::BadRequest, "OCI bundles are not supported by this supervisor yet"));
+        if let Some(bundle) = &req.bundle {
+            runtime::check_bundle(bundle)?;
+            let runtime = Runtime::resolve(req.runtime.as_deref(), &self.config.root)?;
+            std::fs::create_dir_all(&runtime.state)
+                .map_err(|e| Error::os(ErrorKind::System, format!("create {}", runtime.state.display()), e))?;
+            let stdio = self.open_stdio(req)?;
+            let argv = runtime.argv(Job::Create, &req.id, Some(bundle));
+            let pending = PendingCreate { req: req.clone(), reply, runtime };
+            self.spawn_helper(argv, stdio, HelperJob::Create(Box::new(pending)))?;
+            return Ok(None);
         }
+        if req.runtime.is_some() {
+            return Err(Error::new(ErrorKind::BadRequest, "\"runtime\" needs a \"bundle\""));
+        }
+        let stdio = self.open_stdio(req)?;
+        let plan = Plan::new(req, stdio, self.nofile)?;
+        let spawned = spawn::spawn(plan)?;
+        let instance =
+            self.add_container(req, spawned.pid, spawned.pidfd, Some((spawned.start, spawned.status)), None)?;
+        if req.start {
+            self.start(instance, reply)?;
+        }
+        Ok(Some(instance))
+    }
+
+    /// The fds for a container's stdin, stdout and stderr.
+    fn open_stdio(&self, req: &CreateRequest) -> Result<[Stdio; 3]> {
         let stdin = match &req.stdin {
             Some(path) => Stdio::Fd(fifo::open_stdio(path, "stdin")?),
             None => Stdio::Fd(self.dev_null.try_clone().map_err(|e| Error::os(ErrorKind::System, "dup /dev/null", e))?),
@@ -525,33 +584,49 @@ impl Supervisor {
             Some(path) => Stdio::Fd(fifo::open_stdio(path, "stderr")?),
             None => Stdio::Inherit,
         };
-        let plan = Plan::new(req, [stdin, stdout, stderr], self.nofile)?;
-        let spawned = spawn::spawn(plan)?;
+        Ok([stdin, stdout, stderr])
+    }
+
+    /// Records a new container process, created and waiting for `start`,
+    /// and emits `created`; its instance is that event's seq.
+    fn add_container(
+        &mut self,
+        req: &CreateRequest,
+        pid: Pid,
+        pidfd: OwnedFd,
+        pipes: Option<(OwnedFd, OwnedFd)>,
+        runtime: Option<Runtime>,
+    ) -> Result<u64> {
         let instance = self.log.next_seq();
-        let pidfd_token = match self.register(&spawned.pidfd, Source::Pidfd(instance), Interest::READABLE) {
+        let pidfd_token = match self.register(&pidfd, Source::Pidfd(instance), Interest::READABLE) {
             Ok(token) => token,
             Err(e) => {
-                let _ = rustix::process::pidfd_send_signal(&spawned.pidfd, Signal::KILL);
-                let _ = reaper::reap_orphan(spawned.pid.as_raw_nonzero().get());
+                let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+                let _ = reaper::reap_orphan(pid.as_raw_nonzero().get());
                 return Err(e);
             }
+        };
+        let (start_pipe, status_pipe) = match pipes {
+            Some((start, status)) => (Some(start), Some(status)),
+            None => (None, None),
         };
         let id: Rc<str> = req.id.as_str().into();
         let mut container = Container {
             id: id.clone(),
             instance,
             status: Status::Creating,
-            pid: spawned.pid,
-            pidfd: Some(spawned.pidfd),
+            pid,
+            pidfd: Some(pidfd),
             pidfd_token,
-            start_pipe: Some(spawned.start),
-            status_pipe: Some(spawned.status),
+            start_pipe,
+            status_pipe,
             status_seen: Vec::new(),
             pending_start: None,
             pending_delete: Vec::new(),
             remove: req.remove,
             argv: req.argv.clone(),
             bundle: req.bundle.clone(),
+            runtime,
             annotations: req.annotations.clone(),
             created_at: Timestamp::now(),
             started_at: None,
@@ -562,14 +637,124 @@ impl Supervisor {
         };
         log::debug!("create {} argv {}", req.id, spawn::describe_argv(&req.argv));
         let event = container.transition(Status::Created, container.created_at);
-        self.by_pid.insert(spawned.pid.as_raw_nonzero().get(), instance);
+        self.by_pid.insert(pid.as_raw_nonzero().get(), instance);
         self.by_id.insert(id, instance);
         self.containers.insert(instance, container);
         self.emit(instance, event);
-        if req.start {
-            self.start(instance, reply)?;
-        }
         Ok(instance)
+    }
+
+    /// Runs an OCI runtime command as a helper process, watched by pidfd.
+    fn spawn_helper(&mut self, argv: Vec<String>, stdio: [Stdio; 3], job: HelperJob) -> Result<()> {
+        log::debug!("runtime: {}", spawn::describe_argv(&argv));
+        let req = CreateRequest { argv, ..Default::default() };
+        let spawned = spawn::spawn(Plan::new(&req, stdio, self.nofile)?)?;
+        spawn::release(spawned.start)?;
+        let pid = spawned.pid.as_raw_nonzero().get();
+        let token = match self.register(&spawned.pidfd, Source::Helper(pid), Interest::READABLE) {
+            Ok(token) => token,
+            Err(e) => {
+                let _ = rustix::process::pidfd_send_signal(&spawned.pidfd, Signal::KILL);
+                let _ = reaper::reap_orphan(pid);
+                return Err(e);
+            }
+        };
+        self.helpers.insert(pid, Helper { pidfd: spawned.pidfd, token, job, _status_pipe: spawned.status });
+        Ok(())
+    }
+
+    /// Reaps a helper and acts on how its runtime command ended.
+    fn reap_helper(&mut self, pid: i32) -> bool {
+        let Some(helper) = self.helpers.get(&pid) else { return false };
+        let Some(exit) = reaper::reap_pidfd(&helper.pidfd) else { return false };
+        let helper = self.helpers.remove(&pid).expect("looked up");
+        self.deregister(&helper.pidfd, helper.token);
+        match helper.job {
+            HelperJob::Create(pending) => self.finish_runtime_create(*pending, exit),
+            HelperJob::Start(instance) => self.finish_runtime_start(instance, exit),
+            HelperJob::Delete(id) => {
+                if exit.status != 0 {
+                    log::warn!("runtime delete {id} exited with status {}", exit.status);
+                }
+            }
+        }
+        true
+    }
+
+    fn finish_runtime_create(&mut self, pending: PendingCreate, exit: Exit) {
+        let PendingCreate { req, reply, runtime } = pending;
+        let result = (|| {
+            if exit.status != 0 {
+                return Err(Error::new(
+                    ErrorKind::System,
+                    format!(
+                        "{} create {:?} exited with status {}: {}",
+                        runtime.program.display(),
+                        req.id,
+                        exit.status,
+                        runtime.last_log_line()
+                    ),
+                ));
+            }
+            let raw = runtime.read_pid(&req.id)?;
+            let pid = Pid::from_raw(raw).ok_or_else(|| Error::new(ErrorKind::System, "runtime pid file holds 0"))?;
+            // The init was reparented to us when `create` exited and cannot
+            // have been reaped: it waits for `start`.
+            let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                .map_err(|e| Error::os(ErrorKind::System, format!("pidfd_open container init {raw}"), e))?;
+            self.add_container(&req, pid, pidfd, None, Some(runtime.clone()))
+        })();
+        match result {
+            Ok(instance) if req.start => {
+                if let Err(e) = self.start(instance, reply.clone()) {
+                    self.reply(reply, Err(e));
+                }
+            }
+            Ok(instance) => {
+                let described = self.describe(instance);
+                self.reply(reply, Ok(described));
+            }
+            Err(e) => {
+                log::warn!("create {}: {e}", req.id);
+                let argv = runtime.argv(Job::Delete, &req.id, None);
+                if let Err(e) = self.spawn_helper(argv, self.null_stdio(), HelperJob::Delete(req.id.clone())) {
+                    log::warn!("runtime delete {}: {e}", req.id);
+                }
+                self.reply(reply, Err(e));
+            }
+        }
+    }
+
+    fn finish_runtime_start(&mut self, instance: u64, exit: Exit) {
+        let Some(container) = self.containers.get_mut(&instance) else { return };
+        // Already settled when the container stopped first.
+        if container.pending_start.is_none() {
+            return;
+        }
+        if exit.status == 0 {
+            return self.resolve_start(instance, ExecOutcome::Started);
+        }
+        let pending = container.pending_start.take().expect("checked");
+        let runtime = container.runtime.as_ref().expect("a runtime container");
+        let err = Error::new(
+            ErrorKind::System,
+            format!(
+                "{} start {:?} exited with status {}: {}",
+                runtime.program.display(),
+                &*container.id,
+                exit.status,
+                runtime.last_log_line()
+            ),
+        );
+        log::warn!("start: {err}");
+        self.reply(pending.reply, Err(err));
+    }
+
+    fn null_stdio(&self) -> [Stdio; 3] {
+        match self.dev_null.try_clone() {
+            Ok(null) => [Stdio::Fd(null), Stdio::Inherit, Stdio::Inherit],
+            Err(_) => [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
+        }
     }
 
     fn handle_start(&mut self, id: &str, reply: Option<String>) -> Result<()> {
@@ -586,6 +771,15 @@ impl Supervisor {
                 ErrorKind::WrongState,
                 format!("cannot start container {:?}: it is being started already", &*container.id),
             ));
+        }
+        if let Some(runtime) = &container.runtime {
+            let argv = runtime.argv(Job::Start, &container.id, None);
+            self.spawn_helper(argv, self.null_stdio(), HelperJob::Start(instance))?;
+            let token =
+                self.helpers.values().find(|h| matches!(h.job, HelperJob::Start(i) if i == instance)).map(|h| h.token);
+            let container = self.containers.get_mut(&instance).expect("still there");
+            container.pending_start = Some(PendingStart { token: token.expect("just spawned"), reply });
+            return Ok(());
         }
         let (Some(start), Some(status)) = (container.start_pipe.take(), container.status_pipe.take()) else {
             return Err(Error::new(ErrorKind::WrongState, format!("cannot start container {:?}", &*container.id)));
@@ -704,6 +898,9 @@ impl Supervisor {
             }
         }
         let fd = fifo::open_fifo_writer(&req.path, "subscriber fifo")?;
+        // Publish what this iteration queued so far: the replay then holds
+        // only journaled events, and everything later comes live.
+        self.publish_events();
         let mut filter = Filter {
             ids: req.ids.as_ref().map(|ids| ids.iter().cloned().collect()),
             types: req.types.as_ref().map(|t| t.iter().copied().collect()),
@@ -724,14 +921,27 @@ impl Supervisor {
         }
         if let Some(since) = req.since {
             let (recent, complete) = self.log.recent_since(since);
+            let mut found: BTreeMap<u64, Rc<Published>> = recent.into_iter().map(|e| (e.seq, e)).collect();
             if !complete {
-                let before = recent.first().map_or(last_published + 1, |e| e.seq);
-                match self.journal.read_since(since, before) {
-                    Ok(lines) => replay.extend(lines.into_iter().filter_map(|(seq, line)| journal_event(seq, line))),
-                    Err(e) => log::warn!("subscribe {}: {e}; replaying from memory only", req.path),
-                }
+                let before = found.keys().next().copied().unwrap_or(last_published + 1);
+                let lines = self.journal.read_since(since, before)?;
+                found.extend(lines.into_iter().filter_map(|(seq, line)| journal_event(seq, line)));
             }
-            replay.extend(recent.into_iter().map(|e| (e.seq, e)));
+            // Events rotated out of the journal are gone: say so rather
+            // than leave a silent gap.
+            let first = found.keys().next().copied().unwrap_or(last_published + 1);
+            if first > since + 1 {
+                return Err(Error::new(
+                    ErrorKind::Expired,
+                    format!(
+                        "events {} to {} are no longer retained (the oldest kept is seq {first}); subscribe with since {} or later",
+                        since + 1,
+                        first - 1,
+                        first - 1
+                    ),
+                ));
+            }
+            replay.extend(found);
         }
         if let Some(since) = req.since {
             replay.retain(|seq, _| *seq > since);
@@ -766,6 +976,12 @@ impl Supervisor {
 
     /// Journals the queued events, fans them out, then sends the replies.
     fn publish(&mut self) {
+        self.publish_events();
+        self.send_replies();
+    }
+
+    /// Journals the queued events and fans them out.
+    fn publish_events(&mut self) {
         let batch = self.log.take_pending();
         if !batch.is_empty() {
             if let Err(e) = self.journal.append(&batch) {
@@ -795,7 +1011,6 @@ impl Supervisor {
                 self.drop_client(token);
             }
         }
-        self.send_replies();
     }
 
     // ---- exits and reaping ----
@@ -848,6 +1063,12 @@ impl Supervisor {
                             break;
                         }
                     }
+                    None if self.helpers.contains_key(&pid) => {
+                        if !self.reap_helper(pid) {
+                            log::error!("runtime helper pid {pid} is a zombie but its pidfd reports no exit");
+                            break;
+                        }
+                    }
                     None => {
                         let exit = reaper::reap_orphan(pid);
                         log::debug!("reaped orphan {pid}: status {:?}", exit.map(|e| e.status));
@@ -883,6 +1104,10 @@ impl Supervisor {
                 let err = std::io::Error::from_raw_os_error(errno);
                 container.exec_error = Some(format!("set up container process: {}", describe_io(&err)));
             }
+        } else if container.pending_start.is_some() {
+            // A runtime container whose init exited before `runtime start`
+            // returned: it was started.
+            self.resolve_start(instance, ExecOutcome::Started);
         }
         let container = self.containers.get_mut(&instance).expect("still there");
         let pidfd = container.pidfd.take().expect("checked above");
@@ -925,6 +1150,13 @@ impl Supervisor {
         self.stopped_count -= 1;
         let event = container.deleted_event(Timestamp::now());
         self.emit(instance, event);
+        if let Some(runtime) = &container.runtime {
+            let argv = runtime.argv(Job::Delete, &container.id, None);
+            let _ = std::fs::remove_file(runtime.pid_file(&container.id));
+            if let Err(e) = self.spawn_helper(argv, self.null_stdio(), HelperJob::Delete(container.id.to_string())) {
+                log::warn!("runtime delete {}: {e}", container.id);
+            }
+        }
         // Keep the order queue from growing with containers deleted by hand.
         while self.stopped_order.front().is_some_and(|i| !self.containers.contains_key(i)) {
             self.stopped_order.pop_front();
@@ -954,8 +1186,8 @@ impl Supervisor {
             return;
         }
         log::info!("shutdown: SIGTERM to every container, SIGKILL after {:?}", self.config.grace);
-        if self.config.notify {
-            notify("STOPPING=1");
+        if let Some(socket) = &self.config.notify {
+            notify(socket, "STOPPING=1");
         }
         for container in self.containers.values() {
             if container.pidfd.is_some() {
@@ -979,7 +1211,9 @@ impl Supervisor {
             // Descendants that left their container's process group were
             // reparented to us: they get the same SIGTERM and grace.
             shutdown.orphans_signalled = true;
-            signal_children(Signal::TERM);
+            // Runtime helpers (a `runtime delete`) are let finish.
+            let helpers: HashSet<i32> = self.helpers.keys().copied().collect();
+            signal_children(Signal::TERM, &helpers);
             self.reap();
         }
         let shutdown = self.shutdown.as_mut().expect("shutting down");
@@ -994,7 +1228,7 @@ impl Supervisor {
                     let _ = signal_container(container, SIGKILL, true);
                 }
             }
-            signal_children(Signal::KILL);
+            signal_children(Signal::KILL, &HashSet::new());
         }
         if self.shutdown.as_ref().expect("shutting down").killed {
             // Everything was sent SIGKILL; new orphans may still appear as
@@ -1004,7 +1238,7 @@ impl Supervisor {
                 if self.no_children {
                     break;
                 }
-                signal_children(Signal::KILL);
+                signal_children(Signal::KILL, &HashSet::new());
                 let mut events = Events::with_capacity(64);
                 let _ = self.poll.poll(&mut events, Some(Duration::from_millis(10)));
                 self.drain_exits(&events);
@@ -1071,8 +1305,8 @@ fn signal_container(container: &Container, signal: i32, all: bool) -> std::resul
     rustix::process::pidfd_send_signal(pidfd.as_fd(), sig)
 }
 
-fn signal_children(signal: Signal) {
-    for pid in reaper::children() {
+fn signal_children(signal: Signal, except: &HashSet<i32>) {
+    for pid in reaper::children().into_iter().filter(|p| !except.contains(p)) {
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, signal);
         }

@@ -184,7 +184,10 @@ impl Sv {
 
 impl Drop for Sv {
     fn drop(&mut self) {
-        kill_tree(self.pid);
+        // Once reaped (stop_with, wait_exit), the PID may be someone else's.
+        if self.child.is_some() {
+            kill_tree(self.pid);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -420,4 +423,14 @@ impl Sub {
     pub fn from_fd(fd: OwnedFd, path: &Path) -> Sub {
         Sub { fd, buf: Vec::new(), path: path.to_path_buf() }
     }
+}
+
+/// The directory and root of a supervisor that has exited (after
+/// `stop_with` or `wait_exit`), for a new `Sv::start_on` on the same root.
+/// The old guard is forgotten, not dropped: its PID is gone and may be reused.
+pub fn take_root_of_exited(sv: Sv) -> (TempDir, PathBuf) {
+    assert!(sv.child.is_none(), "the supervisor is still running");
+    let mut sv = std::mem::ManuallyDrop::new(sv);
+    let dir = std::mem::replace(&mut sv.dir, TempDir(PathBuf::new()));
+    (dir, std::mem::take(&mut sv.root))
 }
