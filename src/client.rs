@@ -270,12 +270,7 @@ impl Client {
 
     /// Sends a request and returns the raw reply, `{"ok":false}` included.
     pub fn request_raw(&self, request: &mut Value, deadline: Option<Instant>) -> Result<Value, ClientError> {
-        let fifo = TempFifo::new(&self.root, "reply").map_err(|e| match e {
-            ClientError::Io(_, ref err) if err.kind() == std::io::ErrorKind::NotFound => {
-                ClientError::NoSupervisor(self.root.clone())
-            }
-            e => e,
-        })?;
+        let fifo = self.temp_fifo("reply")?;
         let fd = fifo.open_reader()?;
         request["reply"] = Value::String(fifo.path_str());
         let supervisor = self.supervisor_pidfd();
@@ -290,14 +285,19 @@ impl Client {
         }
     }
 
-    /// Subscribes with the given fields (`path` is filled in).
-    pub fn subscribe(&self, mut fields: Value) -> Result<Subscription, ClientError> {
-        let fifo = TempFifo::new(&self.root, "events").map_err(|e| match e {
+    /// A FIFO of ours in the root; a missing root means no supervisor.
+    fn temp_fifo(&self, what: &str) -> Result<TempFifo, ClientError> {
+        TempFifo::new(&self.root, what).map_err(|e| match e {
             ClientError::Io(_, ref err) if err.kind() == std::io::ErrorKind::NotFound => {
                 ClientError::NoSupervisor(self.root.clone())
             }
             e => e,
-        })?;
+        })
+    }
+
+    /// Subscribes with the given fields (`path` is filled in).
+    pub fn subscribe(&self, mut fields: Value) -> Result<Subscription, ClientError> {
+        let fifo = self.temp_fifo("events")?;
         let fd = fifo.open_reader()?;
         fields["op"] = "subscribe".into();
         fields["path"] = Value::String(fifo.path_str());

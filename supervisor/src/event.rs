@@ -205,6 +205,15 @@ impl EventLog {
     }
 }
 
+/// A `created` event numbered `seq`, for the unit tests of the modules that
+/// queue and store events.
+#[cfg(test)]
+pub fn test_event(seq: u64) -> Rc<Published> {
+    let e =
+        Event { kind: EventType::Created, id: "x".into(), instance: seq, pid: Some(1), time: Timestamp(0), exit: None };
+    Rc::new(Published::new(seq, &e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,19 +165,9 @@ fn line_seq(line: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventType};
-    use crate::time::Timestamp;
 
     fn published(seq: u64) -> Rc<Published> {
-        let e = Event {
-            kind: EventType::Created,
-            id: "x".into(),
-            instance: seq,
-            pid: Some(1),
-            time: Timestamp(0),
-            exit: None,
-        };
-        Rc::new(Published::new(seq, &e))
+        crate::event::test_event(seq)
     }
 
     #[test]

@@ -160,20 +160,10 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventType};
-    use crate::time::Timestamp;
     use std::io::Read;
 
     fn published(seq: u64) -> Rc<Published> {
-        let e = Event {
-            kind: EventType::Created,
-            id: "x".into(),
-            instance: 1,
-            pid: Some(1),
-            time: Timestamp(0),
-            exit: None,
-        };
-        Rc::new(Published::new(seq, &e))
+        crate::event::test_event(seq)
     }
 
     fn pipe() -> (std::fs::File, OwnedFd) {
