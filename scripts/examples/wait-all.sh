@@ -10,10 +10,7 @@
 # before the subscription is reported as well as one that stops later, and
 # no exit can fall between a check and a subscription.
 #
-# The FIFO handling is the one of on-exit.sh: the subscriber FIFO is opened
-# read-write until the supervisor has replied (and so holds the write end),
-# then read through a read-only fd, so that the supervisor's exit is seen as
-# end-of-file.
+# The FIFO handling is in subscribe.sh, shared with on-exit.sh.
 set -u
 
 prog=${0##*/}
@@ -83,75 +80,12 @@ for id in "$@"; do
   fi
 done
 
-command -v jq >/dev/null 2>&1 || fatal "jq is required (apt-get install jq)"
-
-if [ -z "$root" ]; then
-  if [ -n "${PIDVISOR_ROOT:-}" ]; then
-    root=$PIDVISOR_ROOT
-  elif [ -n "${XDG_RUNTIME_DIR:-}" ]; then
-    root=$XDG_RUNTIME_DIR/pidvisor
-  elif [ "$(id -u)" = 0 ]; then
-    root=/run/pidvisor
-  else
-    root=/tmp/pidvisor-$(id -u)
-  fi
-fi
-# The supervisor wants absolute paths; the root may be given relative.
-root=$(cd "$root" 2>/dev/null && pwd -P) || fatal "no such root directory: $root"
-ctl=$root/ctl
-[ -p "$ctl" ] || fatal "no supervisor on root $root (no control FIFO $ctl)"
-
-# Whether a supervisor holds the root's lock (it does as long as it runs).
-supervisor_alive() {
-  if command -v flock >/dev/null 2>&1; then
-    ! flock -n -s "$root/lock" true 2>/dev/null
-  else
-    pid=$(head -n1 "$root/lock" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
-  fi
-}
-supervisor_alive || fatal "no supervisor runs on root $root"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/pidvisor-wait-all.XXXXXX") || fatal "mktemp failed"
-tmp=$(cd "$tmp" && pwd -P)
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-events=$tmp/events
-reply=$tmp/reply
-mkfifo -m 600 "$events" "$reply" || fatal "mkfifo failed in $tmp"
-exec 3<>"$events" 5<>"$reply"
-
-request=$(jq -cn --arg path "$events" --arg reply "$reply" \
-  '{op: "subscribe", path: $path, ids: $ARGS.positional, types: ["stopped"], reply: $reply}' \
-  --args "${ids[@]}")
-# Opened read-write, ctl never blocks, even if the supervisor just died; a
-# line of less than 4096 bytes is written atomically.
-[ "${#request}" -lt 4096 ] || usage_error "too many IDs for one request (split them)"
-printf '%s\n' "$request" 1<>"$ctl" || fatal "cannot write to $ctl"
-
-# Waits for the reply, checking every second that the supervisor still runs
-# (so that a supervisor that dies now is an error, not a hang).
-answer=
-while :; do
-  line=
-  IFS= read -r -t 1 line <&5
-  rc=$?
-  answer+=$line # a timed-out read keeps what it read so far
-  [ "$rc" = 0 ] && break
-  [ "$rc" -gt 128 ] || fatal "cannot read the reply FIFO"
-  supervisor_alive || fatal "the supervisor exited before it answered"
-done
-exec 5<&-
-
-if [ "$(jq -r '.ok' <<<"$answer" 2>/dev/null)" != true ]; then
-  message=$(jq -r '.error.message // empty' <<<"$answer" 2>/dev/null)
-  fatal "subscribe failed: ${message:-$answer}"
-fi
-
-# The supervisor now holds the write end: read through a read-only fd only.
-exec 4<"$events" 3<&-
+# shellcheck source=subscribe.sh
+. "$(dirname "$0")/subscribe.sh"
+fail() { fatal "$@"; } # shellcheck disable=SC2317 # called from subscribe.sh
+pv_find_root "$root"
+# shellcheck disable=SC2016 # a jq program, not shell
+pv_subscribe '{ids: $ARGS.positional, types: ["stopped"]}' "${ids[@]}"
 
 # result[ID]: "ok", or the text after "FAIL ".
 declare -A result=()
