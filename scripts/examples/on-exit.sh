@@ -86,7 +86,8 @@ done
 
 # shellcheck source=subscribe.sh
 . "$(dirname "$0")/subscribe.sh"
-fail() { die "$@"; } # shellcheck disable=SC2317 # called from subscribe.sh
+# shellcheck disable=SC2317 # called from subscribe.sh
+fail() { die "$@"; }
 pv_find_root "$root"
 pv_subscribe '{types: ["stopped"]}'
 printf '%s: subscribed\n' "$prog" >&2

@@ -82,7 +82,8 @@ done
 
 # shellcheck source=subscribe.sh
 . "$(dirname "$0")/subscribe.sh"
-fail() { fatal "$@"; } # shellcheck disable=SC2317 # called from subscribe.sh
+# shellcheck disable=SC2317 # called from subscribe.sh
+fail() { fatal "$@"; }
 pv_find_root "$root"
 # shellcheck disable=SC2016 # a jq program, not shell
 pv_subscribe '{ids: $ARGS.positional, types: ["stopped"]}' "${ids[@]}"
