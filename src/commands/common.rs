@@ -113,14 +113,18 @@ impl SignalForwarder {
 }
 
 /// Reads `sub` until the `stopped` event of `id` (and `instance`, once
-/// known); forwards signals to the container meanwhile. Returns the status.
+/// known) — and, with `until_deleted`, its `deleted` too (so that the id is
+/// free when `run --rm` returns); forwards signals to the container
+/// meanwhile. Returns the status.
 pub fn wait_for_stop(
     client: &Client,
     sub: &mut Subscription,
     id: &str,
     instance: impl Fn() -> Option<u64>,
     forward: Option<&SignalForwarder>,
+    until_deleted: bool,
 ) -> Result<i32, ClientError> {
+    let mut status = None;
     loop {
         match sub.next_line(None, forward.map(SignalForwarder::fd))? {
             Next::Line(line) => {
@@ -130,9 +134,17 @@ pub fn wait_for_stop(
                 }
                 let mine = event["id"] == id && instance().is_none_or(|i| event["instance"].as_u64() == Some(i));
                 if mine && event["type"] == "stopped" {
-                    return event["status"].as_i64().map(|s| s as i32).ok_or(ClientError::Protocol(line));
+                    let code = event["status"].as_i64().map(|s| s as i32).ok_or(ClientError::Protocol(line))?;
+                    if !until_deleted {
+                        return Ok(code);
+                    }
+                    status = Some(code);
+                } else if let (true, "deleted", Some(code)) = (mine, event["type"].as_str().unwrap_or(""), status) {
+                    return Ok(code);
                 }
             }
+            // The status is known; the supervisor went away before `deleted`.
+            Next::End if status.is_some() => return Ok(status.unwrap_or_default()),
             Next::End => return Err(ClientError::SupervisorGone),
             Next::Timeout => return Err(ClientError::Timeout),
             Next::Interrupted => {

@@ -145,7 +145,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
     let Some(sub) = sub.as_mut() else { return 0 };
     let instance = Cell::new(reply["instance"].as_u64());
     let forwarder = SignalForwarder::install();
-    match wait_for_stop(&client, sub, &args.id, || instance.get(), forwarder.as_ref()) {
+    match wait_for_stop(&client, sub, &args.id, || instance.get(), forwarder.as_ref(), false) {
         Ok(status) => status,
         Err(e) => {
             report("create", &e);

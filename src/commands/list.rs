@@ -48,7 +48,10 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
             c["pid"].as_i64().map(|p| p.to_string()).unwrap_or_default(),
             c["status"].as_str().unwrap_or("?"),
             exit,
-            argv.join(" ")
+            match c["bundle"].as_str() {
+                Some(bundle) if !bundle.is_empty() => format!("bundle {bundle}"),
+                _ => argv.join(" "),
+            }
         ));
     }
     0

@@ -23,7 +23,8 @@ use crate::client::{failed, Client, ClientError};
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Delete the container once it stopped and its status was delivered.
+    /// Delete the container once it stopped; returns once it is deleted, so
+    /// the id is free again.
     #[arg(long)]
     rm: bool,
 
@@ -58,7 +59,8 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
     }
     // Subscribe first: with --rm the container may be gone by the time a
     // later subscription would ask for its events.
-    let mut sub = match client.subscribe(json!({"ids": [&args.id], "types": ["stopped"]})) {
+    let types = if args.rm { json!(["stopped", "deleted"]) } else { json!(["stopped"]) };
+    let mut sub = match client.subscribe(json!({"ids": [&args.id], "types": types})) {
         Ok(s) => s,
         Err(e) => {
             report("run", &e);
@@ -90,7 +92,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
             report("run", &e);
         }
     }
-    match wait_for_stop(&client, &mut sub, &args.id, || instance, forwarder.as_ref()) {
+    match wait_for_stop(&client, &mut sub, &args.id, || instance, forwarder.as_ref(), args.rm) {
         Ok(status) => status,
         Err(e) => {
             report("run", &e);

@@ -36,7 +36,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
         report("wait", &format!("no container {:?}", args.id));
         return PIDVISOR_FAILED;
     }
-    match wait_for_stop(&client, &mut sub, &args.id, || None, None) {
+    match wait_for_stop(&client, &mut sub, &args.id, || None, None, false) {
         Ok(status) => status,
         Err(e) => {
             report("wait", &e);

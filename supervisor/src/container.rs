@@ -114,8 +114,11 @@ pub struct Container {
     pub status_seen: Vec<u8>,
     /// Set between `start` and the exec outcome.
     pub pending_start: Option<PendingStart>,
-    /// Replies owed once the process is reaped (a forced `delete`).
+    /// Replies owed once it is deleted (a forced `delete` waits for the
+    /// reap, a runtime container's for `runtime delete`).
     pub pending_delete: Vec<Option<String>>,
+    /// Deletion has begun (an OCI runtime's `delete` runs).
+    pub deleting: bool,
     /// Delete as soon as it stopped.
     pub remove: bool,
     /// The command, for `state` and `list`.

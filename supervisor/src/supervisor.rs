@@ -113,8 +113,29 @@ enum HelperJob {
     Create(Box<PendingCreate>),
     /// `runtime start` of this instance.
     Start(u64),
-    /// `runtime delete` of this id: nothing waits for it.
-    Delete(String),
+    /// `runtime delete` of this id, then what is to follow.
+    Delete { id: String, then: AfterDelete },
+}
+
+impl HelperJob {
+    /// Whether this job holds a container id (no new container may take it).
+    fn holds(&self, id: &str) -> bool {
+        match self {
+            HelperJob::Create(pending) => pending.req.id == id,
+            HelperJob::Delete { id: held, .. } => held == id,
+            HelperJob::Start(_) => false,
+        }
+    }
+}
+
+/// What follows a `runtime delete`.
+enum AfterDelete {
+    /// Forget the container (by instance): emit `deleted`, answer its replies.
+    Forget(u64),
+    /// Answer a failed create, now that its id is free again.
+    FailCreate(Option<String>, Error),
+    /// Nothing: the runtime's state was cleaned at shutdown.
+    Nothing,
 }
 
 struct PendingCreate {
@@ -541,13 +562,33 @@ impl Supervisor {
                 format!("cannot create {:?}: the supervisor is shutting down", req.id),
             ));
         }
-        let creating = self.helpers.values().any(|h| matches!(&h.job, HelperJob::Create(p) if p.req.id == req.id));
-        if creating || self.by_id.contains_key(req.id.as_str()) {
+        if self.by_id.contains_key(req.id.as_str()) {
             return Err(Error::new(ErrorKind::Exists, format!("container {:?} already exists", req.id)));
+        }
+        if self.helpers.values().any(|h| h.job.holds(&req.id)) {
+            return Err(Error::new(
+                ErrorKind::Exists,
+                format!("container {:?} is being created or deleted by the OCI runtime", req.id),
+            ));
         }
         if let Some(bundle) = &req.bundle {
             runtime::check_bundle(bundle)?;
             let runtime = Runtime::resolve(req.runtime.as_deref(), &self.config.root)?;
+            if runtime.state.join(&req.id).exists() {
+                // Never `runtime delete` what an earlier supervisor left: it
+                // may still run.
+                return Err(Error::new(
+                    ErrorKind::Exists,
+                    format!(
+                        "the OCI runtime already has a container {:?} in {} (left by an earlier supervisor?); remove it with `{} --root {} delete --force {}`",
+                        req.id,
+                        runtime.state.display(),
+                        runtime.program.display(),
+                        runtime.state.display(),
+                        req.id
+                    ),
+                ));
+            }
             std::fs::create_dir_all(&runtime.state)
                 .map_err(|e| Error::os(ErrorKind::System, format!("create {}", runtime.state.display()), e))?;
             let stdio = self.open_stdio(req)?;
@@ -623,6 +664,7 @@ impl Supervisor {
             status_seen: Vec::new(),
             pending_start: None,
             pending_delete: Vec::new(),
+            deleting: false,
             remove: req.remove,
             argv: req.argv.clone(),
             bundle: req.bundle.clone(),
@@ -672,9 +714,14 @@ impl Supervisor {
         match helper.job {
             HelperJob::Create(pending) => self.finish_runtime_create(*pending, exit),
             HelperJob::Start(instance) => self.finish_runtime_start(instance, exit),
-            HelperJob::Delete(id) => {
+            HelperJob::Delete { id, then } => {
                 if exit.status != 0 {
                     log::warn!("runtime delete {id} exited with status {}", exit.status);
+                }
+                match then {
+                    AfterDelete::Forget(instance) => self.forget(instance),
+                    AfterDelete::FailCreate(reply, err) => self.reply(reply, Err(err)),
+                    AfterDelete::Nothing => {}
                 }
             }
         }
@@ -716,11 +763,15 @@ impl Supervisor {
             }
             Err(e) => {
                 log::warn!("create {}: {e}", req.id);
+                // Clean what the runtime may have left, and answer (freeing
+                // the id) only once that is done.
                 let argv = runtime.argv(Job::Delete, &req.id, None);
-                if let Err(e) = self.spawn_helper(argv, self.null_stdio(), HelperJob::Delete(req.id.clone())) {
-                    log::warn!("runtime delete {}: {e}", req.id);
+                let _ = std::fs::remove_file(runtime.pid_file(&req.id));
+                let job = HelperJob::Delete { id: req.id.clone(), then: AfterDelete::FailCreate(reply.clone(), e) };
+                if let Err(spawn_err) = self.spawn_helper(argv, self.null_stdio(), job) {
+                    log::warn!("runtime delete {}: {spawn_err}", req.id);
+                    self.reply(reply, Err(spawn_err));
                 }
-                self.reply(reply, Err(e));
             }
         }
     }
@@ -873,8 +924,8 @@ impl Supervisor {
         let container = self.containers.get_mut(&instance).expect("looked up");
         container.require(if force { Action::ForceDelete } else { Action::Delete }, "delete")?;
         if container.status == Status::Stopped {
-            self.delete(instance);
-            return Ok(Some(json!({})));
+            self.delete(instance, vec![reply]);
+            return Ok(None);
         }
         if let Err(e) = signal_container(container, SIGKILL, true) {
             if e != Errno::SRCH {
@@ -1128,10 +1179,7 @@ impl Supervisor {
         self.stopped_order.push_back(instance);
         self.stopped_count += 1;
         if remove || !waiting.is_empty() {
-            self.delete(instance);
-            for reply in waiting {
-                self.reply(reply, Ok(json!({})));
-            }
+            self.delete(instance, waiting);
         }
         if self.init_main == Some(instance) {
             log::info!("main stopped with status {status}: shutting down");
@@ -1142,20 +1190,42 @@ impl Supervisor {
         true
     }
 
-    /// Forgets a stopped container and emits `deleted`.
-    fn delete(&mut self, instance: u64) {
-        let Some(container) = self.containers.remove(&instance) else { return };
+    /// Deletes a stopped container: at once, or, for an OCI runtime's, once
+    /// `runtime delete` has run, so that its id is free again only when the
+    /// runtime is done with it. Each of `replies` is answered then.
+    fn delete(&mut self, instance: u64, replies: Vec<Option<String>>) {
+        let Some(container) = self.containers.get_mut(&instance) else { return };
         debug_assert_eq!(container.status, Status::Stopped);
-        self.by_id.remove(&container.id);
+        container.pending_delete.extend(replies);
+        if container.deleting {
+            return;
+        }
+        container.deleting = true;
         self.stopped_count -= 1;
+        if let Some(runtime) = &container.runtime {
+            let id = container.id.to_string();
+            let argv = runtime.argv(Job::Delete, &id, None);
+            let job = HelperJob::Delete { id: id.clone(), then: AfterDelete::Forget(instance) };
+            match self.spawn_helper(argv, self.null_stdio(), job) {
+                Ok(()) => return,
+                Err(e) => log::warn!("runtime delete {id}: {e}"),
+            }
+        }
+        self.forget(instance);
+    }
+
+    /// Drops a deleted container's record, emits `deleted` and answers the
+    /// delete requests.
+    fn forget(&mut self, instance: u64) {
+        let Some(container) = self.containers.remove(&instance) else { return };
+        self.by_id.remove(&container.id);
+        if let Some(runtime) = &container.runtime {
+            let _ = std::fs::remove_file(runtime.pid_file(&container.id));
+        }
         let event = container.deleted_event(Timestamp::now());
         self.emit(instance, event);
-        if let Some(runtime) = &container.runtime {
-            let argv = runtime.argv(Job::Delete, &container.id, None);
-            let _ = std::fs::remove_file(runtime.pid_file(&container.id));
-            if let Err(e) = self.spawn_helper(argv, self.null_stdio(), HelperJob::Delete(container.id.to_string())) {
-                log::warn!("runtime delete {}: {e}", container.id);
-            }
+        for reply in container.pending_delete {
+            self.reply(reply, Ok(json!({})));
         }
         // Keep the order queue from growing with containers deleted by hand.
         while self.stopped_order.front().is_some_and(|i| !self.containers.contains_key(i)) {
@@ -1171,9 +1241,9 @@ impl Supervisor {
     fn enforce_stopped_limit(&mut self) {
         while self.stopped_count > self.config.max_stopped {
             let Some(oldest) = self.stopped_order.pop_front() else { break };
-            if self.containers.get(&oldest).is_some_and(|c| c.status == Status::Stopped) {
+            if self.containers.get(&oldest).is_some_and(|c| c.status == Status::Stopped && !c.deleting) {
                 log::debug!("deleting stopped container instance {oldest}: over --max-stopped");
-                self.delete(oldest);
+                self.delete(oldest, Vec::new());
             }
         }
     }
@@ -1211,6 +1281,7 @@ impl Supervisor {
             // Descendants that left their container's process group were
             // reparented to us: they get the same SIGTERM and grace.
             shutdown.orphans_signalled = true;
+            self.clean_runtime_state();
             // Runtime helpers (a `runtime delete`) are let finish.
             let helpers: HashSet<i32> = self.helpers.keys().copied().collect();
             signal_children(Signal::TERM, &helpers);
@@ -1228,17 +1299,25 @@ impl Supervisor {
                     let _ = signal_container(container, SIGKILL, true);
                 }
             }
-            signal_children(Signal::KILL, &HashSet::new());
         }
         if self.shutdown.as_ref().expect("shutting down").killed {
             // Everything was sent SIGKILL; new orphans may still appear as
-            // their parents die, so kill and reap until no child is left.
+            // their parents die, so kill and reap until no child is left,
+            // sparing only the runtime helpers that clean up after the
+            // runtime's containers once those are gone.
             for _ in 0..1000 {
                 self.reap();
-                if self.no_children {
+                let containers_left = self.containers.values().any(|c| c.pidfd.is_some());
+                let shutdown = self.shutdown.as_mut().expect("shutting down");
+                if !containers_left && !shutdown.orphans_signalled {
+                    shutdown.orphans_signalled = true;
+                    self.clean_runtime_state();
+                }
+                if self.no_children && self.helpers.is_empty() {
                     break;
                 }
-                signal_children(Signal::KILL, &HashSet::new());
+                let helpers: HashSet<i32> = self.helpers.keys().copied().collect();
+                signal_children(Signal::KILL, &helpers);
                 let mut events = Events::with_capacity(64);
                 let _ = self.poll.poll(&mut events, Some(Duration::from_millis(10)));
                 self.drain_exits(&events);
@@ -1248,11 +1327,35 @@ impl Supervisor {
         false
     }
 
+    /// At shutdown, once every container stopped: `runtime delete` for each
+    /// runtime container not being deleted already, so that neither its state
+    /// nor its cgroups outlive the supervisor.
+    fn clean_runtime_state(&mut self) {
+        let jobs: Vec<(String, Vec<String>)> = self
+            .containers
+            .values()
+            .filter(|c| !c.deleting)
+            .filter_map(|c| c.runtime.as_ref().map(|r| (c.id.to_string(), r.argv(Job::Delete, &c.id, None))))
+            .collect();
+        for (id, argv) in jobs {
+            let job = HelperJob::Delete { id: id.clone(), then: AfterDelete::Nothing };
+            if let Err(e) = self.spawn_helper(argv, self.null_stdio(), job) {
+                log::warn!("runtime delete {id}: {e}");
+            }
+        }
+    }
+
     /// Handles pidfd events that arrived during the final kill loop.
     fn drain_exits(&mut self, events: &Events) {
         for event in events.iter() {
-            if let Some(Source::Pidfd(instance)) = self.sources.get(&event.token()).copied() {
-                self.reap_container(instance);
+            match self.sources.get(&event.token()).copied() {
+                Some(Source::Pidfd(instance)) => {
+                    self.reap_container(instance);
+                }
+                Some(Source::Helper(pid)) => {
+                    self.reap_helper(pid);
+                }
+                _ => {}
             }
         }
     }

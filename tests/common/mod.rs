@@ -434,3 +434,4 @@ pub fn take_root_of_exited(sv: Sv) -> (TempDir, PathBuf) {
     let dir = std::mem::replace(&mut sv.dir, TempDir(PathBuf::new()));
     (dir, std::mem::take(&mut sv.root))
 }
+pub mod oci;
