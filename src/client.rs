@@ -138,10 +138,13 @@ impl Subscription {
                 Ready::Data => {}
                 Ready::Extra => return Ok(Next::Interrupted),
                 Ready::Timeout => return Ok(Next::Timeout),
-                // The supervisor is gone; what it wrote is still readable.
+                // The supervisor is gone: take what it wrote, if anything
+                // (a FIFO it never opened would otherwise wait forever).
                 Ready::SupervisorGone => {
                     self.supervisor = None;
-                    continue;
+                    if let Ready::Timeout = wait_readable(&self.fd, None, None, Some(Instant::now()))? {
+                        return Ok(Next::End);
+                    }
                 }
             }
             let mut buf = [0u8; 8192];
@@ -320,11 +323,20 @@ impl Client {
         }
         root::prepare_root(&self.root)
             .map_err(|e| ClientError::Io(e.to_string(), std::io::Error::other("root unusable")))?;
-        let socket_path = self.root.join(format!("client-{}.notify", std::process::id()));
-        let _ = std::fs::remove_file(&socket_path);
-        let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)
-            .map_err(|e| io(format!("bind {}", socket_path.display()), e))?;
-        let _cleanup = RemoveOnDrop(socket_path.clone());
+        // An abstract socket: no path to clean up, and no 108-byte limit on
+        // the root's path.
+        let name = format!(
+            "pidvisor-notify-{}-{}",
+            std::process::id(),
+            rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).tv_nsec
+        );
+        let addr = {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .map_err(|e| io("notify socket name", e))?
+        };
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).map_err(|e| io(format!("bind @{name}"), e))?;
+        let socket_path = format!("@{name}");
         let log_path = self.root.join("supervisor.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -411,14 +423,6 @@ impl Client {
     }
 }
 
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// The error of an `{"ok":false}` reply.
 pub fn failed(reply: Value) -> ClientError {
     let message = reply["error"]["message"].as_str().unwrap_or("the supervisor refused the request").to_string();
@@ -442,6 +446,8 @@ mod tempfile_spec {
             if let Some(map) = fields.as_object_mut() {
                 map.remove("reply");
             }
+            // A file of a killed client with a reused PID may be left.
+            let _ = std::fs::remove_file(&path);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -18,6 +18,9 @@ use crate::client::{Client, Next};
 /// journal). With --follow, prints every matching event until the supervisor
 /// shuts down, resuming by itself (without duplicates) if it fell behind.
 ///
+/// When no supervisor runs on the root, one is started in the background
+/// (as by `create`), so the hook workflow below works from a clean slate.
+///
 /// Types: created, started, stopped, deleted. --timeout exits 124 when
 /// nothing matched in time.
 ///
@@ -71,6 +74,12 @@ impl EventTypeArg {
 /// Runs `event`.
 pub fn run(args: Args, root: PathBuf) -> i32 {
     let client = Client::new(root);
+    // Like `create`: in `create --wait ID ... & event --type created ID`,
+    // either may come first, so either may start the supervisor.
+    if let Err(e) = client.ensure_supervisor() {
+        report("event", &e);
+        return FAILED;
+    }
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut since = args.since;
     let mut printed = false;

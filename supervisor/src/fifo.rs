@@ -8,6 +8,7 @@ use rustix::fs::{self, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::spawn::Stdio;
 
 /// Opens the write end of a client's FIFO without blocking: `what` names it
 /// in errors ("reply fifo", "subscriber fifo"). The returned fd is
@@ -58,15 +59,25 @@ fn take_client_fd(path: &str) -> Option<OwnedFd> {
 }
 
 /// Opens a container's stdio path: stdin for reading, stdout/stderr for
-/// appending (created 0644 if missing). FIFOs and pipes (also
-/// `/proc/PID/fd/N`) are opened without blocking and then switched back to
+/// appending (created 0644 if missing). A client's `/proc/PID/fd/N` is taken
+/// as that very fd where allowed; a stdin FIFO is left for the child to
+/// open; anything else is opened without blocking and switched back to
 /// blocking, since the container expects ordinary blocking stdio.
-pub fn open_stdio(path: &str, stream: &str) -> Result<OwnedFd> {
+pub fn open_stdio(path: &str, stream: &str) -> Result<Stdio> {
     if !path.starts_with('/') {
         return Err(Error::new(ErrorKind::BadPath, format!("{stream} {path:?}: not an absolute path")));
     }
     if let Some(fd) = take_client_fd(path) {
-        return Ok(fd);
+        return Ok(Stdio::Fd(fd));
+    }
+    // A FIFO as stdin is opened by the container process itself, blocking
+    // until a writer comes, as `cmd < fifo` does in a shell: opened here it
+    // would read end-of-file before its writer has opened it, and the loop
+    // must not wait for one.
+    if stream == "stdin" && fs::stat(path).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo) {
+        let cpath = std::ffi::CString::new(path)
+            .map_err(|_| Error::new(ErrorKind::BadRequest, format!("{stream} {path:?} contains a NUL byte")))?;
+        return Ok(Stdio::OpenFifo(cpath));
     }
     let base = OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let flags =
@@ -82,5 +93,5 @@ pub fn open_stdio(path: &str, stream: &str) -> Result<OwnedFd> {
     let status = fs::fcntl_getfl(&fd).map_err(|e| Error::os(ErrorKind::System, format!("fcntl {stream} {path}"), e))?;
     fs::fcntl_setfl(&fd, status - OFlags::NONBLOCK)
         .map_err(|e| Error::os(ErrorKind::System, format!("fcntl {stream} {path}"), e))?;
-    Ok(fd)
+    Ok(Stdio::Fd(fd))
 }

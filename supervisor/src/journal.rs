@@ -65,9 +65,18 @@ impl Journal {
     }
 
     fn rotate(&mut self) -> Result<()> {
-        std::fs::rename(&self.path, &self.rotated).map_err(|e| {
-            Error::os(ErrorKind::System, format!("rotate {} to {}", self.path.display(), self.rotated.display()), e)
-        })?;
+        match std::fs::rename(&self.path, &self.rotated) {
+            Ok(()) => {}
+            // Renamed before, but the reopen failed: just reopen.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::os(
+                    ErrorKind::System,
+                    format!("rotate {} to {}", self.path.display(), self.rotated.display()),
+                    e,
+                ))
+            }
+        }
         self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())

@@ -252,6 +252,12 @@ fn read_spec_file(path: &str) -> Result<Map<String, Value>> {
     if !path.starts_with('/') {
         return Err(Error::new(ErrorKind::BadPath, format!("spec file {path:?}: not an absolute path")));
     }
+    // lstat first: a device or FIFO is never opened at all.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => {}
+        Ok(_) => return Err(Error::new(ErrorKind::BadPath, format!("spec file {path}: not a regular file"))),
+        Err(e) => return Err(Error::os(ErrorKind::BadPath, format!("spec file {path}"), e)),
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

@@ -83,7 +83,17 @@ pub fn take_lock(root: &Path) -> Result<OwnedFd> {
     let fd =
         fs::open(&path, OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
             .map_err(|e| Error::os(ErrorKind::System, format!("open lock {shown}"), e))?;
-    match fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+    // Clients probe the lock with a momentary shared flock (lock_holder):
+    // a probe is not a supervisor, so retry for a while before giving up.
+    let mut result = fs::flock(&fd, FlockOperation::NonBlockingLockExclusive);
+    for _ in 0..100 {
+        if result != Err(Errno::WOULDBLOCK) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        result = fs::flock(&fd, FlockOperation::NonBlockingLockExclusive);
+    }
+    match result {
         Ok(()) => {}
         Err(Errno::WOULDBLOCK) => {
             let holder = read_lock_pid(&fd).map(|p| format!(" (pid {p})")).unwrap_or_default();

@@ -92,7 +92,9 @@ impl Sink {
         if self.queued_bytes + event.line.len() > self.limit && self.flush() == Flushed::Done {
             return false;
         }
-        if self.queued_bytes + event.line.len() <= self.limit {
+        // An empty queue always takes one event, however small the limit:
+        // otherwise a line longer than the limit could never be delivered.
+        if self.queue.is_empty() || self.queued_bytes + event.line.len() <= self.limit {
             self.queued_bytes += event.line.len();
             self.queue.push_back(Chunk::Event(event.clone()));
             return true;

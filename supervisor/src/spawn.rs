@@ -44,6 +44,9 @@ pub enum Stdio {
     Inherit,
     /// Use this fd (dup'd onto 0, 1 or 2 in the child).
     Fd(OwnedFd),
+    /// The child opens this FIFO for reading itself (blocking until a
+    /// writer comes, as a shell's `< fifo` does).
+    OpenFifo(CString),
 }
 
 /// Everything the child needs, prepared before fork so that the child does
@@ -182,8 +185,12 @@ pub fn spawn(plan: Plan) -> Result<Spawned> {
     let mut envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
     let stdio_fds: [RawFd; 3] = std::array::from_fn(|i| match &plan.stdio[i] {
-        Stdio::Inherit => -1,
+        Stdio::Inherit | Stdio::OpenFifo(_) => -1,
         Stdio::Fd(fd) => fd.as_raw_fd(),
+    });
+    let stdio_paths: [Option<&CString>; 3] = std::array::from_fn(|i| match &plan.stdio[i] {
+        Stdio::OpenFifo(path) => Some(path),
+        _ => None,
     });
     let child = Child {
         argv: argv_ptrs.as_ptr(),
@@ -191,6 +198,7 @@ pub fn spawn(plan: Plan) -> Result<Spawned> {
         candidates: &plan.candidates,
         cwd: plan.cwd.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         stdio: stdio_fds,
+        stdio_paths,
         start: start_r.as_raw_fd(),
         status: status_w.as_raw_fd(),
         nofile: plan.nofile,
@@ -302,6 +310,7 @@ struct Child<'a> {
     candidates: &'a [CString],
     cwd: RawFd,
     stdio: [RawFd; 3],
+    stdio_paths: [Option<&'a CString>; 3],
     start: RawFd,
     status: RawFd,
     nofile: Option<libc::rlimit>,
@@ -346,6 +355,22 @@ impl Child<'_> {
             }
         }
         close_all_but(self.start, self.status);
+        // After the close: a child blocked here holds no supervisor fd.
+        for (target, path) in self.stdio_paths.iter().enumerate() {
+            let Some(path) = path else { continue };
+            let fd = loop {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NOCTTY);
+                if fd >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break fd;
+                }
+            };
+            if fd < 0 || (fd != target as RawFd && libc::dup2(fd, target as RawFd) < 0) {
+                self.fail(STAGE_SETUP);
+            }
+            if fd != target as RawFd {
+                libc::close(fd);
+            }
+        }
 
         // Wait for `start`. EOF instead of a byte: the supervisor is gone.
         let mut byte = 0u8;

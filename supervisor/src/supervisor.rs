@@ -614,15 +614,15 @@ impl Supervisor {
     /// The fds for a container's stdin, stdout and stderr.
     fn open_stdio(&self, req: &CreateRequest) -> Result<[Stdio; 3]> {
         let stdin = match &req.stdin {
-            Some(path) => Stdio::Fd(fifo::open_stdio(path, "stdin")?),
+            Some(path) => fifo::open_stdio(path, "stdin")?,
             None => Stdio::Fd(self.dev_null.try_clone().map_err(|e| Error::os(ErrorKind::System, "dup /dev/null", e))?),
         };
         let stdout = match &req.stdout {
-            Some(path) => Stdio::Fd(fifo::open_stdio(path, "stdout")?),
+            Some(path) => fifo::open_stdio(path, "stdout")?,
             None => Stdio::Inherit,
         };
         let stderr = match &req.stderr {
-            Some(path) => Stdio::Fd(fifo::open_stdio(path, "stderr")?),
+            Some(path) => fifo::open_stdio(path, "stderr")?,
             None => Stdio::Inherit,
         };
         Ok([stdin, stdout, stderr])
@@ -703,6 +703,18 @@ impl Supervisor {
         };
         self.helpers.insert(pid, Helper { pidfd: spawned.pidfd, token, job, _status_pipe: spawned.status });
         Ok(())
+    }
+
+    /// Reaps every `runtime create` helper that has exited (registering its
+    /// container); returns whether any did.
+    fn settle_runtime_creates(&mut self) -> bool {
+        let creates: Vec<i32> =
+            self.helpers.iter().filter(|(_, h)| matches!(h.job, HelperJob::Create(_))).map(|(pid, _)| *pid).collect();
+        let mut any = false;
+        for pid in creates {
+            any |= self.reap_helper(pid);
+        }
+        any
     }
 
     /// Reaps a helper and acts on how its runtime command ended.
@@ -835,8 +847,12 @@ impl Supervisor {
         let (Some(start), Some(status)) = (container.start_pipe.take(), container.status_pipe.take()) else {
             return Err(Error::new(ErrorKind::WrongState, format!("cannot start container {:?}", &*container.id)));
         };
-        spawn::release(start)?;
+        // Registered first: once released, the outcome must be seen.
         let token = self.register(&status, Source::ExecStatus(instance), Interest::READABLE)?;
+        if let Err(e) = spawn::release(start) {
+            self.deregister(&status, token);
+            return Err(e);
+        }
         let container = self.containers.get_mut(&instance).expect("still there");
         container.status_pipe = Some(status);
         container.pending_start = Some(PendingStart { token, reply });
@@ -981,7 +997,7 @@ impl Supervisor {
             // Events rotated out of the journal are gone: say so rather
             // than leave a silent gap.
             let first = found.keys().next().copied().unwrap_or(last_published + 1);
-            if first > since + 1 {
+            if first > since.saturating_add(1) {
                 return Err(Error::new(
                     ErrorKind::Expired,
                     format!(
@@ -1004,7 +1020,9 @@ impl Supervisor {
                 break;
             }
         }
-        filter.after = last_published.max(replay.keys().next_back().copied().unwrap_or(0));
+        // Live events start after everything replayed, after what was
+        // published before, and after `since`.
+        filter.after = last_published.max(replay.keys().next_back().copied().unwrap_or(0)).max(req.since.unwrap_or(0));
         log::debug!("subscriber {} added, replayed {} events", req.path, replay.len());
         let flushed = sink.flush();
         if flushed != Flushed::Done {
@@ -1120,6 +1138,10 @@ impl Supervisor {
                             break;
                         }
                     }
+                    // An unknown zombie may be the init of a runtime
+                    // container whose `runtime create` has exited but is not
+                    // yet processed: settle those first, then look again.
+                    None if self.settle_runtime_creates() && self.by_pid.contains_key(&pid) => {}
                     None => {
                         let exit = reaper::reap_orphan(pid);
                         log::debug!("reaped orphan {pid}: status {:?}", exit.map(|e| e.status));
@@ -1345,6 +1367,22 @@ impl Supervisor {
         }
     }
 
+    /// On the way out: answers every request still in the control FIFO
+    /// with `shutting_down`, so no client waits for a reply that never comes.
+    fn refuse_pending_requests(&mut self) {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = rustix::io::read(&self.ctl, &mut buf) {
+            self.ctl_buf.extend_from_slice(&buf[..n]);
+        }
+        let held = std::mem::take(&mut self.ctl_buf);
+        for line in held.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+            let parsed = protocol::parse_line(line);
+            let err = Error::new(ErrorKind::ShuttingDown, "the supervisor is shutting down");
+            log::warn!("request refused: {err}");
+            self.reply(parsed.reply, Err(err));
+        }
+    }
+
     /// Handles pidfd events that arrived during the final kill loop.
     fn drain_exits(&mut self, events: &Events) {
         for event in events.iter() {
@@ -1355,6 +1393,7 @@ impl Supervisor {
                 Some(Source::Helper(pid)) => {
                     self.reap_helper(pid);
                 }
+                Some(Source::Client) => self.handle_client(event.token(), event.is_error()),
                 _ => {}
             }
         }
@@ -1364,11 +1403,18 @@ impl Supervisor {
     /// for a moment, and returns the exit code.
     fn finish(mut self) -> i32 {
         self.reap();
+        self.refuse_pending_requests();
         let replies = self.shutdown.take().map(|s| s.replies).unwrap_or_default();
         for reply in replies {
             self.reply(reply, Ok(json!({})));
         }
         self.publish();
+        // A sink whose writable edge was taken by an earlier poll gets no
+        // new one: try each once more before waiting.
+        let tokens: Vec<Token> = self.clients.keys().copied().collect();
+        for token in tokens {
+            self.handle_client(token, false);
+        }
         let deadline = Instant::now() + FINAL_FLUSH;
         let mut events = Events::with_capacity(64);
         while self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
