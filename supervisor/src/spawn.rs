@@ -106,18 +106,27 @@ pub fn exec_exit_code(errno: i32) -> i32 {
 impl Plan {
     /// Turns a create request into a plan: checks argv, env and cwd, and
     /// resolves argv[0] against the PATH of the container's environment.
-    pub fn new(req: &CreateRequest, stdio: [Stdio; 3], nofile: Option<libc::rlimit>) -> Result<Plan> {
+    pub fn new(
+        req: &CreateRequest,
+        stdio: [Stdio; 3],
+        nofile: Option<libc::rlimit>,
+        base_env: &[(OsString, OsString)],
+    ) -> Result<Plan> {
         if req.argv.is_empty() || req.argv[0].is_empty() {
             return Err(Error::new(ErrorKind::BadRequest, "argv must name a command"));
         }
         let argv = req.argv.iter().map(|a| cstring(a.as_bytes(), "argv")).collect::<Result<Vec<_>>>()?;
-        let env: Vec<(OsString, OsString)> = match &req.env {
-            Some(map) => map.iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            None => std::env::vars_os().collect(),
+        let given: Vec<(OsString, OsString)>;
+        let env: &[(OsString, OsString)] = match &req.env {
+            Some(map) => {
+                given = map.iter().map(|(k, v)| (k.into(), v.into())).collect();
+                &given
+            }
+            None => base_env,
         };
         let mut envp = Vec::with_capacity(env.len());
         let mut path = None;
-        for (key, value) in &env {
+        for (key, value) in env {
             let key = key.as_bytes();
             if key.is_empty() || key.contains(&b'=') {
                 return Err(Error::new(
@@ -169,8 +178,19 @@ fn search_path(program: &str, path: &OsStr) -> Result<Vec<CString>> {
         .collect()
 }
 
-/// Forks the container process. It sets itself up and waits for [`release`].
-pub fn spawn(plan: Plan) -> Result<Spawned> {
+/// Stack size for a child started at once (it runs on its own stack while
+/// sharing the supervisor's memory until it execs).
+const VFORK_STACK: usize = 256 * 1024;
+
+/// Starts the container process. With `start_now` false it is forked, sets
+/// itself up and waits for [`release`]. With `start_now` true its start byte
+/// is written first and it is cloned with `CLONE_VM | CLONE_VFORK`, as
+/// posix_spawn does: it borrows the supervisor's memory on a stack of its own
+/// and the supervisor waits (microseconds) until it has exec'd or failed, so
+/// no page of the supervisor is copied or write-faulted — fork's cost, which
+/// grows with the supervisor's working set, is not paid. The child code is
+/// the same either way: raw system calls on data prepared before.
+pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
     let (start_r, start_w) =
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::os(ErrorKind::System, "create start pipe", e))?;
     let (status_r, status_w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
@@ -214,14 +234,40 @@ pub fn spawn(plan: Plan) -> Result<Spawned> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    // SAFETY: the supervisor is single-threaded; the child only runs
-    // `Child::run`, which makes async-signal-safe system calls on data
-    // prepared above and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: in the child, see above.
-        unsafe { child.run() }
+    // Not with a stdin FIFO: the child would block opening it while the
+    // supervisor is suspended.
+    let vfork = start_now && plan.stdio.iter().all(|s| !matches!(s, Stdio::OpenFifo(_)));
+    if start_now {
+        // The byte is in the pipe before the child looks.
+        release_ref(&start_w)?;
     }
+    let pid = if vfork {
+        let mut stack = vec![0u8; VFORK_STACK];
+        // SAFETY: the stack grows down from its 16-byte aligned top; the
+        // parent is suspended (CLONE_VFORK) until the child execs or exits,
+        // so `stack` and `child` outlive its use of them, and the child
+        // writes no memory of ours but its own stack (and errno, which the
+        // suspended parent does not read).
+        unsafe {
+            let top = stack.as_mut_ptr().add(VFORK_STACK) as usize & !15;
+            libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                &child as *const Child as *mut libc::c_void,
+            )
+        }
+    } else {
+        // SAFETY: the supervisor is single-threaded; the child only runs
+        // `Child::run`, which makes async-signal-safe system calls on data
+        // prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: in the child, see above.
+            unsafe { child.run() }
+        }
+        pid
+    };
     let fork_errno = std::io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe {
@@ -249,8 +295,12 @@ pub fn spawn(plan: Plan) -> Result<Spawned> {
 
 /// Lets a created container exec: writes its start byte and closes the pipe.
 pub fn release(start: OwnedFd) -> Result<()> {
+    release_ref(&start)
+}
+
+fn release_ref(start: &OwnedFd) -> Result<()> {
     loop {
-        match rustix::io::write(&start, &[1]) {
+        match rustix::io::write(start, &[1]) {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => continue,
             // EPIPE: it already died; the reaper reports how.
@@ -301,6 +351,13 @@ struct KernelSigaction {
     flags: libc::c_ulong,
     restorer: usize,
     mask: u64,
+}
+
+/// The entry point of a child made by clone(2).
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Child` that spawn() keeps alive while the
+    // parent is suspended.
+    unsafe { (*(arg as *const Child)).run() }
 }
 
 /// What the forked child needs, as raw values.

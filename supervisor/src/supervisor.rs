@@ -185,6 +185,8 @@ pub struct Supervisor {
     signals: Signals,
     _lock: OwnedFd,
     dev_null: OwnedFd,
+    /// The environment containers get when a request names none, read once.
+    base_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     nofile: Option<libc::rlimit>,
     next_token: usize,
     sources: HashMap<Token, Source>,
@@ -257,6 +259,7 @@ impl Supervisor {
         let log = EventLog::new(last_seq + 1, config.retained_events);
         Ok(Supervisor {
             dev_null: spawn::dev_null()?,
+            base_env: std::env::vars_os().collect(),
             config,
             poll,
             ctl,
@@ -601,10 +604,11 @@ impl Supervisor {
             return Err(Error::new(ErrorKind::BadRequest, "\"runtime\" needs a \"bundle\""));
         }
         let stdio = self.open_stdio(req)?;
-        let plan = Plan::new(req, stdio, self.nofile)?;
-        let spawned = spawn::spawn(plan)?;
-        let instance =
-            self.add_container(req, spawned.pid, spawned.pidfd, Some((spawned.start, spawned.status)), None)?;
+        let plan = Plan::new(req, stdio, self.nofile, &self.base_env)?;
+        let spawned = spawn::spawn(plan, req.start)?;
+        // Started at once: the start byte is written already.
+        let start_pipe = (!req.start).then_some(spawned.start);
+        let instance = self.add_container(req, spawned.pid, spawned.pidfd, start_pipe, Some(spawned.status), None)?;
         if req.start {
             self.start(instance, reply)?;
         }
@@ -635,7 +639,8 @@ impl Supervisor {
         req: &CreateRequest,
         pid: Pid,
         pidfd: OwnedFd,
-        pipes: Option<(OwnedFd, OwnedFd)>,
+        start_pipe: Option<OwnedFd>,
+        status_pipe: Option<OwnedFd>,
         runtime: Option<Runtime>,
     ) -> Result<u64> {
         let instance = self.log.next_seq();
@@ -646,10 +651,6 @@ impl Supervisor {
                 let _ = reaper::reap_orphan(pid.as_raw_nonzero().get());
                 return Err(e);
             }
-        };
-        let (start_pipe, status_pipe) = match pipes {
-            Some((start, status)) => (Some(start), Some(status)),
-            None => (None, None),
         };
         let id: Rc<str> = req.id.as_str().into();
         let mut container = Container {
@@ -690,8 +691,7 @@ impl Supervisor {
     fn spawn_helper(&mut self, argv: Vec<String>, stdio: [Stdio; 3], job: HelperJob) -> Result<()> {
         log::debug!("runtime: {}", spawn::describe_argv(&argv));
         let req = CreateRequest { argv, ..Default::default() };
-        let spawned = spawn::spawn(Plan::new(&req, stdio, self.nofile)?)?;
-        spawn::release(spawned.start)?;
+        let spawned = spawn::spawn(Plan::new(&req, stdio, self.nofile, &self.base_env)?, true)?;
         let pid = spawned.pid.as_raw_nonzero().get();
         let token = match self.register(&spawned.pidfd, Source::Helper(pid), Interest::READABLE) {
             Ok(token) => token,
@@ -761,7 +761,7 @@ impl Supervisor {
             // have been reaped: it waits for `start`.
             let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
                 .map_err(|e| Error::os(ErrorKind::System, format!("pidfd_open container init {raw}"), e))?;
-            self.add_container(&req, pid, pidfd, None, Some(runtime.clone()))
+            self.add_container(&req, pid, pidfd, None, None, Some(runtime.clone()))
         })();
         match result {
             Ok(instance) if req.start => {
@@ -844,12 +844,14 @@ impl Supervisor {
             container.pending_start = Some(PendingStart { token: token.expect("just spawned"), reply });
             return Ok(());
         }
-        let (Some(start), Some(status)) = (container.start_pipe.take(), container.status_pipe.take()) else {
+        // No start pipe: released at spawn already (create with start).
+        let start = container.start_pipe.take();
+        let Some(status) = container.status_pipe.take() else {
             return Err(Error::new(ErrorKind::WrongState, format!("cannot start container {:?}", &*container.id)));
         };
         // Registered first: once released, the outcome must be seen.
         let token = self.register(&status, Source::ExecStatus(instance), Interest::READABLE)?;
-        if let Err(e) = spawn::release(start) {
+        if let Some(Err(e)) = start.map(spawn::release) {
             self.deregister(&status, token);
             return Err(e);
         }
