@@ -122,6 +122,23 @@ impl Sink {
     /// Writes as much as the pipe takes, until it is full or the queue empty.
     pub fn flush(&mut self) -> Flushed {
         while !self.queue.is_empty() {
+            // One line, the common case of a live event: write(2), no slices.
+            if self.queue.len() == 1 {
+                match rustix::io::write(&self.fd, &self.queue[0].bytes()[self.written..]) {
+                    Ok(n) => {
+                        self.queued_bytes -= n;
+                        self.written += n;
+                        if self.written == self.queue[0].bytes().len() {
+                            self.written = 0;
+                            self.queue.pop_front();
+                        }
+                        continue;
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) => return Flushed::Pending,
+                    Err(_) => return Flushed::Done,
+                }
+            }
             // Up to 64 lines a writev(2), the first one from where it stopped.
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.queue.len().min(64));
             for (i, chunk) in self.queue.iter().take(64).enumerate() {

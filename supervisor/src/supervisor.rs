@@ -147,16 +147,15 @@ struct PendingCreate {
 /// What a subscriber wants.
 struct Filter {
     ids: Option<HashSet<String>>,
-    types: Option<HashSet<EventType>>,
+    /// A bit per [`EventType`] wanted (all bits: no type filter).
+    types: u8,
     /// Events with seq up to here were replayed or predate the subscription.
     after: u64,
 }
 
 impl Filter {
     fn matches(&self, seq: u64, kind: EventType, id: &str) -> bool {
-        seq > self.after
-            && self.types.as_ref().is_none_or(|t| t.contains(&kind))
-            && self.ids.as_ref().is_none_or(|ids| ids.contains(id))
+        seq > self.after && self.types & (1 << kind as u8) != 0 && self.ids.as_ref().is_none_or(|ids| ids.contains(id))
     }
 }
 
@@ -972,7 +971,7 @@ impl Supervisor {
         self.publish_events();
         let mut filter = Filter {
             ids: req.ids.as_ref().map(|ids| ids.iter().cloned().collect()),
-            types: req.types.as_ref().map(|t| t.iter().copied().collect()),
+            types: req.types.as_ref().map_or(u8::MAX, |t| t.iter().fold(0, |bits, kind| bits | 1 << *kind as u8)),
             after: 0,
         };
         let last_published = self.log.last_published();
@@ -1091,6 +1090,8 @@ impl Supervisor {
     /// child that exited before it has been reaped too.
     fn handle_exit(&mut self, instance: u64) {
         self.reap_container(instance);
+        // Subscribers first: the orphan scan can wait a moment.
+        self.publish_events();
         self.reap();
     }
 
