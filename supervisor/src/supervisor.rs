@@ -1430,7 +1430,11 @@ impl Supervisor {
                 continue;
             }
             for event in events.iter() {
-                if self.clients.contains_key(&event.token()) {
+                if event.token() == CTL {
+                    // Still reachable while subscribers drain: say no.
+                    self.refuse_pending_requests();
+                    self.send_replies();
+                } else if self.clients.contains_key(&event.token()) {
                     self.handle_client(event.token(), event.is_error());
                 }
             }
