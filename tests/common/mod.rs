@@ -435,3 +435,31 @@ pub fn take_root_of_exited(sv: Sv) -> (TempDir, PathBuf) {
     (dir, std::mem::take(&mut sv.root))
 }
 pub mod oci;
+
+impl Sub {
+    /// The next line if one is buffered or readable right now; never waits
+    /// (a zero-timeout poll, so a FIFO no writer has opened yet is empty).
+    pub fn line_now(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(String::from_utf8(line[..line.len() - 1].to_vec()).unwrap());
+            }
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => panic!("poll {}: {e}", self.path.display()),
+            }
+            let mut chunk = [0u8; 65536];
+            match rustix::io::read(&self.fd, &mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(rustix::io::Errno::AGAIN) => return None,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("read {}: {e}", self.path.display()),
+            }
+        }
+    }
+}
