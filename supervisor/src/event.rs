@@ -197,7 +197,7 @@ impl EventLog {
     /// the ring reaches back that far (if not, the journal must be read).
     pub fn recent_since(&self, since: u64) -> (Vec<Rc<Published>>, bool) {
         let complete = match self.recent.front() {
-            Some(first) => first.seq <= since + 1,
+            Some(first) => first.seq <= since.saturating_add(1),
             None => since >= self.last_published(),
         };
         let start = self.recent.partition_point(|e| e.seq <= since);

@@ -1406,6 +1406,11 @@ impl Supervisor {
     /// for a moment, and returns the exit code.
     fn finish(mut self) -> i32 {
         self.reap();
+        // No new client can open `ctl` from here on (it finds no supervisor
+        // at once); what is already in it, or written by a client that opened
+        // it before, is answered shutting_down below and while subscribers
+        // drain. The next supervisor on this root makes `ctl` anew.
+        let _ = std::fs::remove_file(self.config.root.join(root::CTL_FILE));
         self.refuse_pending_requests();
         let replies = self.shutdown.take().map(|s| s.replies).unwrap_or_default();
         for reply in replies {
