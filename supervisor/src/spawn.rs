@@ -242,21 +242,35 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
         release_ref(&start_w)?;
     }
     let pid = if vfork {
-        let mut stack = vec![0u8; VFORK_STACK];
+        // The stack is mapped, not allocated: a heap block this size would
+        // be zeroed (and made resident) by the allocator on every spawn.
+        // SAFETY: a fresh anonymous private mapping, unmapped below.
+        let stack = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                VFORK_STACK,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
+            )
+        }
+        .map_err(|e| Error::os(ErrorKind::System, "map a stack for the container process", e))?;
         // SAFETY: the stack grows down from its 16-byte aligned top; the
         // parent is suspended (CLONE_VFORK) until the child execs or exits,
         // so `stack` and `child` outlive its use of them, and the child
         // writes no memory of ours but its own stack (and errno, which the
         // suspended parent does not read).
-        unsafe {
-            let top = stack.as_mut_ptr().add(VFORK_STACK) as usize & !15;
+        let pid = unsafe {
+            let top = (stack as usize + VFORK_STACK) & !15;
             libc::clone(
                 child_entry,
                 top as *mut libc::c_void,
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 &child as *const Child as *mut libc::c_void,
             )
-        }
+        };
+        // SAFETY: the mapping made above; the child no longer uses it.
+        let _ = unsafe { rustix::mm::munmap(stack, VFORK_STACK) };
+        pid
     } else {
         // SAFETY: the supervisor is single-threaded; the child only runs
         // `Child::run`, which makes async-signal-safe system calls on data
