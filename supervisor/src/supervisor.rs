@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
 use serde_json::{json, Value};
@@ -1370,19 +1371,46 @@ impl Supervisor {
         }
     }
 
-    /// On the way out: answers every request still in the control FIFO
-    /// with `shutting_down`, so no client waits for a reply that never comes.
-    fn refuse_pending_requests(&mut self) {
+    /// On the way out: answers every complete request in the control FIFO
+    /// with `shutting_down`, so no client waits for a reply that never
+    /// comes. Returns true at end-of-file (no writer has `ctl` open).
+    fn refuse_pending_requests(&mut self) -> bool {
         let mut buf = [0u8; 16 * 1024];
-        while let Ok(n @ 1..) = rustix::io::read(&self.ctl, &mut buf) {
-            self.ctl_buf.extend_from_slice(&buf[..n]);
-        }
-        let held = std::mem::take(&mut self.ctl_buf);
+        let eof = loop {
+            match rustix::io::read(&self.ctl, &mut buf) {
+                Ok(0) => break true,
+                Ok(n) => self.ctl_buf.extend_from_slice(&buf[..n]),
+                Err(Errno::INTR) => continue,
+                Err(_) => break false,
+            }
+        };
+        let complete = self.ctl_buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let held: Vec<u8> = self.ctl_buf.drain(..complete).collect();
         for line in held.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
             let parsed = protocol::parse_line(line);
             let err = Error::new(ErrorKind::ShuttingDown, "the supervisor is shutting down");
             log::warn!("request refused: {err}");
             self.reply(parsed.reply, Err(err));
+        }
+        eof
+    }
+
+    /// Stops being a writer of `ctl`: it is read through a new read-only
+    /// description from here on, so that end-of-file tells when the last
+    /// client that still has it open is done.
+    fn stop_writing_ctl(&mut self) {
+        let reopened = fs_open_self_fd(&self.ctl);
+        match reopened {
+            Ok(fd) => {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&self.ctl.as_raw_fd()));
+                self.ctl = fd;
+                if let Err(e) =
+                    self.poll.registry().register(&mut SourceFd(&self.ctl.as_raw_fd()), CTL, Interest::READABLE)
+                {
+                    log::warn!("register control fifo: {}", describe_io(&e));
+                }
+            }
+            Err(e) => log::warn!("reopen control fifo read-only: {}", describe_io(&e.into())),
         }
     }
 
@@ -1411,7 +1439,8 @@ impl Supervisor {
         // it before, is answered shutting_down below and while subscribers
         // drain. The next supervisor on this root makes `ctl` anew.
         let _ = std::fs::remove_file(self.config.root.join(root::CTL_FILE));
-        self.refuse_pending_requests();
+        self.stop_writing_ctl();
+        let mut ctl_done = self.refuse_pending_requests();
         let replies = self.shutdown.take().map(|s| s.replies).unwrap_or_default();
         for reply in replies {
             self.reply(reply, Ok(json!({})));
@@ -1425,20 +1454,27 @@ impl Supervisor {
         }
         let deadline = Instant::now() + FINAL_FLUSH;
         let mut events = Events::with_capacity(64);
-        while self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
+        // Until subscribers have their last events and every client that
+        // opened `ctl` has closed it (or the deadline).
+        while !ctl_done || self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                log::warn!("shutdown: some subscribers did not read their last events");
+                if self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
+                    log::warn!("shutdown: some subscribers did not read their last events");
+                }
                 break;
             }
             if self.poll.poll(&mut events, Some(left)).is_err() {
                 continue;
             }
             for event in events.iter() {
-                if event.token() == CTL {
+                if event.token() == CTL && !ctl_done {
                     // Still reachable while subscribers drain: say no.
-                    self.refuse_pending_requests();
+                    ctl_done = self.refuse_pending_requests();
                     self.send_replies();
+                    if ctl_done {
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&self.ctl.as_raw_fd()));
+                    }
                 } else if self.clients.contains_key(&event.token()) {
                     self.handle_client(event.token(), event.is_error());
                 }
@@ -1472,6 +1508,13 @@ fn signal_children(signal: Signal, except: &HashSet<i32>) {
             let _ = rustix::process::kill_process(pid, signal);
         }
     }
+}
+
+/// A new read-only open file description of the FIFO behind `fd` (through
+/// /proc/self/fd, which works after the path was removed).
+fn fs_open_self_fd(fd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, rustix::fs::Mode::empty())
 }
 
 /// A journal line as a replayable event (its type and id read back).
