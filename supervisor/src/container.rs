@@ -112,6 +112,9 @@ pub struct Container {
     pub status_pipe: Option<OwnedFd>,
     /// What the status pipe said so far.
     pub status_seen: Vec<u8>,
+    /// What the container process reads until it has exec'd (it shares our
+    /// memory until then); dropped once the exec outcome is known.
+    pub child_memory: Option<Box<crate::spawn::ChildMemory>>,
     /// Set between `start` and the exec outcome.
     pub pending_start: Option<PendingStart>,
     /// Replies owed once it is deleted (a forced `delete` waits for the

@@ -72,6 +72,8 @@ pub struct Spawned {
     pub start: OwnedFd,
     /// The read end of its status pipe (non-blocking).
     pub status: OwnedFd,
+    /// What the child reads until it execs: keep it until then.
+    pub memory: Box<ChildMemory>,
 }
 
 /// How exec went, as read from the status pipe.
@@ -178,121 +180,132 @@ fn search_path(program: &str, path: &OsStr) -> Result<Vec<CString>> {
         .collect()
 }
 
-/// Stack size for a child started at once (it runs on its own stack while
-/// sharing the supervisor's memory until it execs).
-const VFORK_STACK: usize = 256 * 1024;
+/// The stack of a container process until it execs.
+const CHILD_STACK: usize = 256 * 1024;
 
-/// Starts the container process. With `start_now` false it is forked, sets
-/// itself up and waits for [`release`]. With `start_now` true its start byte
-/// is written first and it is cloned with `CLONE_VM | CLONE_VFORK`, as
-/// posix_spawn does: it borrows the supervisor's memory on a stack of its own
-/// and the supervisor waits (microseconds) until it has exec'd or failed, so
-/// no page of the supervisor is copied or write-faulted — fork's cost, which
-/// grows with the supervisor's working set, is not paid. The child code is
-/// the same either way: raw system calls on data prepared before.
+/// What a container process reads until it has exec'd (or died): its plan,
+/// the pointer arrays execve takes, its stack. The supervisor keeps this
+/// alive, unchanged, until the status pipe reports the exec outcome or the
+/// process is reaped; see [`spawn`].
+pub struct ChildMemory {
+    child: Child,
+    _plan: Plan,
+    _argv: Vec<*const libc::c_char>,
+    _envp: Vec<*const libc::c_char>,
+    stack: *mut libc::c_void,
+}
+
+impl Drop for ChildMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `spawn`, used by no one any more.
+        let _ = unsafe { rustix::mm::munmap(self.stack, CHILD_STACK) };
+    }
+}
+
+/// Starts the container process with clone(2) and `CLONE_VM`, as
+/// posix_spawn does: it shares the supervisor's memory, on a stack of its
+/// own, until it execs. So no page is copied and none of the supervisor's
+/// later writes takes a copy-on-write fault — fork's cost, which grows with
+/// the supervisor's working set (the bench measured 163 faults and ~840 us of
+/// CPU a lifecycle), is not paid. Unlike posix_spawn the supervisor does not
+/// wait (no `CLONE_VFORK`): the child may block for `start`, for a stdin FIFO.
+///
+/// What that asks of the child: it writes no memory but its stack — raw
+/// system calls only (`raw`), not even errno, which is the supervisor's own
+/// — and what it reads (the returned [`ChildMemory`]) must stay alive and
+/// unchanged until it has exec'd or died.
+///
+/// With `start_now` the start byte is in the pipe before the child looks.
 pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
     let (start_r, start_w) =
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::os(ErrorKind::System, "create start pipe", e))?;
     let (status_r, status_w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
         .map_err(|e| Error::os(ErrorKind::System, "create status pipe", e))?;
-    // The child writes to its status pipe blocking (it holds the only
-    // reference to that end once it is forked, so clearing the flag after
-    // fork would be racy for no gain: 8 bytes always fit).
+    // The child writes its status blocking (8 bytes always fit).
     fs::fcntl_setfl(&status_w, OFlags::empty()).map_err(|e| Error::os(ErrorKind::System, "fcntl status pipe", e))?;
+    if start_now {
+        release_ref(&start_w)?;
+    }
 
-    let mut argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
-    envp_ptrs.push(std::ptr::null());
-    let stdio_fds: [RawFd; 3] = std::array::from_fn(|i| match &plan.stdio[i] {
-        Stdio::Inherit | Stdio::OpenFifo(_) => -1,
-        Stdio::Fd(fd) => fd.as_raw_fd(),
-    });
-    let stdio_paths: [Option<&CString>; 3] = std::array::from_fn(|i| match &plan.stdio[i] {
-        Stdio::OpenFifo(path) => Some(path),
-        _ => None,
-    });
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let candidates: Vec<*const libc::c_char> = plan.candidates.iter().map(|c| c.as_ptr()).collect();
+    // SAFETY: a fresh anonymous private mapping, owned by ChildMemory.
+    let stack = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            CHILD_STACK,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
+        )
+    }
+    .map_err(|e| Error::os(ErrorKind::System, "map a stack for the container process", e))?;
     let child = Child {
-        argv: argv_ptrs.as_ptr(),
-        envp: envp_ptrs.as_ptr(),
-        candidates: &plan.candidates,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        candidates,
         cwd: plan.cwd.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
-        stdio: stdio_fds,
-        stdio_paths,
+        stdio: std::array::from_fn(|i| match &plan.stdio[i] {
+            Stdio::Inherit | Stdio::OpenFifo(_) => -1,
+            Stdio::Fd(fd) => fd.as_raw_fd(),
+        }),
+        stdio_paths: std::array::from_fn(|i| match &plan.stdio[i] {
+            Stdio::OpenFifo(path) => path.as_ptr(),
+            _ => std::ptr::null(),
+        }),
         start: start_r.as_raw_fd(),
         status: status_w.as_raw_fd(),
         nofile: plan.nofile,
     };
+    // Boxed: its address is what the child gets, and must not move.
+    let memory = Box::new(ChildMemory { child, _plan: plan, _argv: argv, _envp: envp, stack });
 
-    // Block every signal across fork: the child must not run the
+    // Block every signal across clone: the child must not run the
     // supervisor's handlers (they write to the supervisor's signal pipe)
     // before it has reset them to the defaults.
+    // SAFETY: plain libc calls on local, initialized sigset_t values.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: plain libc calls on local, initialized sigset_t values.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    // Not with a stdin FIFO: the child would block opening it while the
-    // supervisor is suspended.
-    let vfork = start_now && plan.stdio.iter().all(|s| !matches!(s, Stdio::OpenFifo(_)));
-    if start_now {
-        // The byte is in the pipe before the child looks.
-        release_ref(&start_w)?;
-    }
-    let pid = if vfork {
-        // The stack is mapped, not allocated: a heap block this size would
-        // be zeroed (and made resident) by the allocator on every spawn.
-        // SAFETY: a fresh anonymous private mapping, unmapped below.
-        let stack = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                VFORK_STACK,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
-            )
-        }
-        .map_err(|e| Error::os(ErrorKind::System, "map a stack for the container process", e))?;
-        // SAFETY: the stack grows down from its 16-byte aligned top; the
-        // parent is suspended (CLONE_VFORK) until the child execs or exits,
-        // so `stack` and `child` outlive its use of them, and the child
-        // writes no memory of ours but its own stack (and errno, which the
-        // suspended parent does not read).
-        let pid = unsafe {
-            let top = (stack as usize + VFORK_STACK) & !15;
-            libc::clone(
-                child_entry,
-                top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                &child as *const Child as *mut libc::c_void,
-            )
-        };
-        // SAFETY: the mapping made above; the child no longer uses it.
-        let _ = unsafe { rustix::mm::munmap(stack, VFORK_STACK) };
-        pid
-    } else {
-        // SAFETY: the supervisor is single-threaded; the child only runs
-        // `Child::run`, which makes async-signal-safe system calls on data
-        // prepared above and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: in the child, see above.
-            unsafe { child.run() }
-        }
-        pid
+    // SAFETY: the stack grows down from its 16-byte aligned top; `memory`
+    // outlives the child's use of it (the caller keeps it until exec or
+    // death); the child writes only its own stack (see `Child::run`). No
+    // CLONE_FILES or CLONE_SIGHAND: its fd table and signal handlers are
+    // its own copies.
+    let pid = unsafe {
+        let top = (stack as usize + CHILD_STACK) & !15;
+        libc::clone(
+            child_entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::SIGCHLD,
+            &memory.child as *const Child as *mut libc::c_void,
+        )
     };
-    let fork_errno = std::io::Error::last_os_error();
+    let clone_errno = std::io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
     if pid < 0 {
-        return Err(Error::os(ErrorKind::System, "fork container process", fork_errno));
+        return Err(Error::os(ErrorKind::System, "clone container process", clone_errno));
     }
-    let pid = Pid::from_raw(pid).expect("fork returned a positive pid");
+    let pid = Pid::from_raw(pid).expect("clone returned a positive pid");
+    // The child has its own fd table: closing ours does not touch it. The
+    // plan's fds are closed too; its strings stay for the child to read.
     drop(start_r);
     drop(status_w);
+    let mut memory = memory;
+    memory._plan.cwd = None;
+    for stdio in &mut memory._plan.stdio {
+        if matches!(stdio, Stdio::Fd(_)) {
+            *stdio = Stdio::Inherit;
+        }
+    }
     // Our own unreaped child: its PID cannot be reused, so this pidfd is for
     // exactly this process.
     let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
@@ -304,7 +317,7 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
             return Err(Error::os(ErrorKind::System, format!("pidfd_open {}", pid.as_raw_nonzero()), e));
         }
     };
-    Ok(Spawned { pid, pidfd, start: start_w, status: status_r })
+    Ok(Spawned { pid, pidfd, start: start_w, status: status_r, memory })
 }
 
 /// Lets a created container exec: writes its start byte and closes the pipe.
@@ -369,101 +382,105 @@ struct KernelSigaction {
 
 /// The entry point of a child made by clone(2).
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `Child` that spawn() keeps alive while the
-    // parent is suspended.
+    // SAFETY: `arg` is the boxed `Child` of a ChildMemory that the
+    // supervisor keeps alive until this process has exec'd or died.
     unsafe { (*(arg as *const Child)).run() }
 }
 
-/// What the forked child needs, as raw values.
-struct Child<'a> {
+/// What the child needs, as raw values (it shares our memory: see `spawn`).
+struct Child {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
-    candidates: &'a [CString],
+    candidates: Vec<*const libc::c_char>,
     cwd: RawFd,
     stdio: [RawFd; 3],
-    stdio_paths: [Option<&'a CString>; 3],
+    /// FIFOs the child opens itself (null: none).
+    stdio_paths: [*const libc::c_char; 3],
     start: RawFd,
     status: RawFd,
     nofile: Option<libc::rlimit>,
 }
 
-impl Child<'_> {
-    /// The child's side of fork: only async-signal-safe system calls.
+impl Child {
+    /// The child's side: raw system calls only (`raw`), which report errors
+    /// in their return value and never write errno — the supervisor's, since
+    /// the child shares its memory and thread pointer.
     unsafe fn run(&self) -> ! {
         // Default dispositions before unblocking, so that a pending signal
         // acts as it would on a fresh process (kill before start works).
-        // The raw system call, not glibc's sigaction(3), which refuses the
-        // two signals glibc reserves (32 and 33) with EINVAL: an ignored
-        // disposition there would otherwise pass through exec.
+        // (glibc's sigaction(3) would also refuse 32 and 33, which it keeps
+        // for itself, leaving an inherited SIG_IGN there through exec.)
         let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
         for sig in 1..=crate::signals::MAX_SIGNAL {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &dfl as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    std::mem::size_of::<u64>(),
-                );
+                raw::call(libc::SYS_rt_sigaction, [sig as usize, &dfl as *const _ as usize, 0, 8, 0, 0]);
             }
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let empty: u64 = 0;
+        raw::call(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, &empty as *const u64 as usize, 0, 8, 0, 0]);
 
-        if libc::setsid() < 0 {
-            self.fail(STAGE_SETUP);
+        if let Err(errno) = raw::check(raw::call(libc::SYS_setsid, [0; 6])) {
+            self.fail(STAGE_SETUP, errno);
         }
         if let Some(limit) = &self.nofile {
-            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+            raw::call(libc::SYS_prlimit64, [0, libc::RLIMIT_NOFILE as usize, limit as *const _ as usize, 0, 0, 0]);
         }
-        if self.cwd >= 0 && libc::fchdir(self.cwd) < 0 {
-            self.fail(STAGE_SETUP);
+        if self.cwd >= 0 {
+            if let Err(errno) = raw::check(raw::call(libc::SYS_fchdir, [self.cwd as usize, 0, 0, 0, 0, 0])) {
+                self.fail(STAGE_SETUP, errno);
+            }
         }
         for (target, &fd) in self.stdio.iter().enumerate() {
-            if fd >= 0 && libc::dup2(fd, target as RawFd) < 0 {
-                self.fail(STAGE_SETUP);
+            if fd >= 0 {
+                if let Err(errno) = raw::check(raw::call(libc::SYS_dup3, [fd as usize, target, 0, 0, 0, 0])) {
+                    self.fail(STAGE_SETUP, errno);
+                }
             }
         }
         close_all_but(self.start, self.status);
         // After the close: a child blocked here holds no supervisor fd.
-        for (target, path) in self.stdio_paths.iter().enumerate() {
-            let Some(path) = path else { continue };
+        for (target, &path) in self.stdio_paths.iter().enumerate() {
+            if path.is_null() {
+                continue;
+            }
+            let flags = (libc::O_RDONLY | libc::O_NOCTTY) as usize;
             let fd = loop {
-                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NOCTTY);
-                if fd >= 0 || *libc::__errno_location() != libc::EINTR {
-                    break fd;
+                match raw::check(raw::call(libc::SYS_openat, [libc::AT_FDCWD as usize, path as usize, flags, 0, 0, 0]))
+                {
+                    Err(libc::EINTR) => continue,
+                    Err(errno) => self.fail(STAGE_SETUP, errno),
+                    Ok(fd) => break fd,
                 }
             };
-            if fd < 0 || (fd != target as RawFd && libc::dup2(fd, target as RawFd) < 0) {
-                self.fail(STAGE_SETUP);
-            }
-            if fd != target as RawFd {
-                libc::close(fd);
+            if fd != target {
+                if let Err(errno) = raw::check(raw::call(libc::SYS_dup3, [fd, target, 0, 0, 0, 0])) {
+                    self.fail(STAGE_SETUP, errno);
+                }
+                raw::call(libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
             }
         }
 
         // Wait for `start`. EOF instead of a byte: the supervisor is gone.
         let mut byte = 0u8;
         loop {
-            let n = libc::read(self.start, (&mut byte as *mut u8).cast(), 1);
-            if n == 1 {
-                break;
+            match raw::check(raw::call(
+                libc::SYS_read,
+                [self.start as usize, &mut byte as *mut u8 as usize, 1, 0, 0, 0],
+            )) {
+                Ok(1) => break,
+                Err(libc::EINTR) => continue,
+                _ => raw::exit(SETUP_FAILED),
             }
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            libc::_exit(SETUP_FAILED);
         }
-        libc::close(self.start);
-        libc::write(self.status, (&RELEASED as *const u8).cast(), 1);
+        raw::call(libc::SYS_close, [self.start as usize, 0, 0, 0, 0, 0]);
+        raw::call(libc::SYS_write, [self.status as usize, &RELEASED as *const u8 as usize, 1, 0, 0, 0]);
 
         // As execvp(3): EACCES anywhere wins over a later ENOENT.
         let mut saw_eacces = false;
         let mut errno = libc::ENOENT;
-        for path in self.candidates {
-            libc::execve(path.as_ptr(), self.argv, self.envp);
-            errno = *libc::__errno_location();
+        for &path in &self.candidates {
+            let rc = raw::call(libc::SYS_execve, [path as usize, self.argv as usize, self.envp as usize, 0, 0, 0]);
+            errno = raw::check(rc).err().unwrap_or(libc::ENOEXEC);
             match errno {
                 libc::EACCES => saw_eacces = true,
                 libc::ENOENT | libc::ENOTDIR => {}
@@ -473,18 +490,16 @@ impl Child<'_> {
         if saw_eacces && (errno == libc::ENOENT || errno == libc::ENOTDIR) {
             errno = libc::EACCES;
         }
-        *libc::__errno_location() = errno;
-        self.fail(STAGE_EXEC)
+        self.fail(STAGE_EXEC, errno)
     }
 
-    /// Reports errno for `stage` on the status pipe and exits.
-    unsafe fn fail(&self, stage: u32) -> ! {
-        let errno = *libc::__errno_location();
+    /// Reports `errno` for `stage` on the status pipe and exits.
+    unsafe fn fail(&self, stage: u32, errno: i32) -> ! {
         let mut msg = [0u8; 8];
         msg[..4].copy_from_slice(&stage.to_ne_bytes());
         msg[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(self.status, msg.as_ptr().cast(), msg.len());
-        libc::_exit(if stage == STAGE_EXEC { exec_exit_code(errno) } else { SETUP_FAILED })
+        raw::call(libc::SYS_write, [self.status as usize, msg.as_ptr() as usize, msg.len(), 0, 0, 0]);
+        raw::exit(if stage == STAGE_EXEC { exec_exit_code(errno) } else { SETUP_FAILED })
     }
 }
 
@@ -494,10 +509,64 @@ unsafe fn close_all_but(a: RawFd, b: RawFd) {
     let ranges = [(3, lo - 1), (lo + 1, hi - 1), (hi + 1, RawFd::MAX)];
     for (first, last) in ranges {
         if first <= last {
-            libc::syscall(libc::SYS_close_range, first as libc::c_uint, last as libc::c_uint, 0 as libc::c_uint);
+            raw::call(libc::SYS_close_range, [first as usize, last as u32 as usize, 0, 0, 0, 0]);
         }
     }
 }
+
+/// System calls that return `-errno` and touch no memory but what they are
+/// given: glibc's wrappers (even syscall(2)) store errno, which a `CLONE_VM`
+/// child shares with the supervisor.
+mod raw {
+    /// A system call with up to six arguments; the kernel's raw result.
+    #[inline(always)]
+    pub unsafe fn call(number: libc::c_long, args: [usize; 6]) -> isize {
+        let ret: isize;
+        #[cfg(target_arch = "x86_64")]
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number as isize => ret,
+            in("rdi") args[0], in("rsi") args[1], in("rdx") args[2],
+            in("r10") args[3], in("r8") args[4], in("r9") args[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack)
+        );
+        #[cfg(target_arch = "aarch64")]
+        std::arch::asm!(
+            "svc 0",
+            in("x8") number,
+            inlateout("x0") args[0] as isize => ret,
+            in("x1") args[1], in("x2") args[2], in("x3") args[3], in("x4") args[4], in("x5") args[5],
+            options(nostack)
+        );
+        ret
+    }
+
+    /// The result as Ok(value) or Err(errno).
+    pub fn check(ret: isize) -> Result<usize, i32> {
+        if (-4095..0).contains(&ret) {
+            Err(-ret as i32)
+        } else {
+            Ok(ret as usize)
+        }
+    }
+
+    /// exit_group(2).
+    pub unsafe fn exit(code: i32) -> ! {
+        call(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+        unreachable_unchecked_exit()
+    }
+
+    fn unreachable_unchecked_exit() -> ! {
+        // exit_group does not return.
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("pidvisor's spawn path has raw system calls for x86_64 and aarch64 only");
 
 /// Opens /dev/null for a container's stdin.
 pub fn dev_null() -> Result<OwnedFd> {

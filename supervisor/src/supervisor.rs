@@ -107,6 +107,8 @@ struct Helper {
     job: HelperJob,
     /// Held open so the child's write of its released byte cannot hit EPIPE.
     _status_pipe: OwnedFd,
+    /// What the child reads until it execs; dropped when it is reaped.
+    _memory: Box<spawn::ChildMemory>,
 }
 
 enum HelperJob {
@@ -609,6 +611,9 @@ impl Supervisor {
         // Started at once: the start byte is written already.
         let start_pipe = (!req.start).then_some(spawned.start);
         let instance = self.add_container(req, spawned.pid, spawned.pidfd, start_pipe, Some(spawned.status), None)?;
+        if let Some(container) = self.containers.get_mut(&instance) {
+            container.child_memory = Some(spawned.memory);
+        }
         if req.start {
             self.start(instance, reply)?;
         }
@@ -663,6 +668,7 @@ impl Supervisor {
             start_pipe,
             status_pipe,
             status_seen: Vec::new(),
+            child_memory: None,
             pending_start: None,
             pending_delete: Vec::new(),
             deleting: false,
@@ -701,7 +707,8 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        self.helpers.insert(pid, Helper { pidfd: spawned.pidfd, token, job, _status_pipe: spawned.status });
+        let helper = Helper { pidfd: spawned.pidfd, token, job, _status_pipe: spawned.status, _memory: spawned.memory };
+        self.helpers.insert(pid, helper);
         Ok(())
     }
 
@@ -879,6 +886,9 @@ impl Supervisor {
         let Some(pending) = container.pending_start.take() else { return };
         let pipe = container.status_pipe.take();
         container.status_seen = Vec::new();
+        // The outcome is known: the child has exec'd or died, and no longer
+        // reads the memory it shared with us.
+        container.child_memory = None;
         if let Some(pipe) = &pipe {
             self.deregister(pipe, pending.token);
         }
@@ -1193,6 +1203,7 @@ impl Supervisor {
         container.exit = Some(exit);
         container.start_pipe = None;
         container.status_pipe = None;
+        container.child_memory = None;
         let pid = container.pid.as_raw_nonzero().get();
         let event = container.transition(Status::Stopped, Timestamp::now());
         let remove = container.remove;
