@@ -1,19 +1,26 @@
 //! Spawning container processes, split in two like the OCI lifecycle:
-//! [`spawn`] forks a child that sets itself up — its own session, cwd, stdio,
-//! default signal dispositions, an empty signal mask, no fds but 0-2 — and
-//! then blocks reading its *start pipe*; [`release`] writes the byte that lets
-//! it exec. A second, close-on-exec *status pipe* tells the supervisor how
-//! exec went: end-of-file means execve succeeded (the kernel closed the pipe),
-//! eight bytes carry the stage and errno of a failure.
+//! [`spawn`] clones a child that sets itself up — its own session, cwd,
+//! stdio, default signal dispositions, an empty signal mask, no fds but 0-2 —
+//! and then blocks reading its *start pipe*; [`release`] writes the byte that
+//! lets it exec (for `"start": true` the byte is written before the child
+//! runs). A second, close-on-exec *status pipe* tells the supervisor how exec
+//! went: a "released" byte, then end-of-file when execve succeeded (the
+//! kernel closed the pipe) or eight bytes with the stage and errno of a
+//! failure; end-of-file without the released byte means the process died
+//! before it was started.
 //!
-//! Why fork from the supervisor rather than re-exec a stub: the create/start
-//! split needs a child that waits between setup and exec, which rules out
-//! posix_spawn and vfork; a stub binary would cost a second exec per
-//! container (measured about 2x a raw posix_spawn loop, against about 1.2x
-//! for a fork of this small, single-threaded process). The price of fork is
-//! that the child may only do async-signal-safe work, so everything it needs
-//! — argv, envp, the PATH candidates, the cwd fd, the stdio fds — is prepared
-//! here before fork, and the child makes raw system calls only.
+//! Why clone from the supervisor, and how: the create/start split needs a
+//! child that waits between setup and exec, which rules out posix_spawn and
+//! vfork; a stub binary would cost a second exec per container (about 2x a
+//! raw posix_spawn loop). A plain fork cost about 1.2x on a quiet machine but
+//! 2x and more here, because every page the supervisor writes after fork
+//! takes a copy-on-write fault while the child lives. So the child is cloned
+//! with `CLONE_VM` and no `CLONE_VFORK`: it shares the supervisor's memory on
+//! a stack of its own and may wait as long as it likes. The price is strict:
+//! it may write no memory but its stack, so everything it needs — argv, envp,
+//! the PATH candidates, the cwd and stdio fds — is prepared here, kept alive
+//! in [`ChildMemory`] until it has exec'd, and it makes raw system calls that
+//! do not even store errno.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
