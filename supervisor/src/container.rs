@@ -15,7 +15,7 @@ use crate::time::Timestamp;
 /// The OCI lifecycle: creating → created → running → stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    /// The process is being forked and set up.
+    /// The process is being cloned and set up (or the OCI runtime creates it).
     Creating,
     /// The process is set up and waits for `start`.
     Created,

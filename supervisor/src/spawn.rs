@@ -56,7 +56,7 @@ pub enum Stdio {
     OpenFifo(CString),
 }
 
-/// Everything the child needs, prepared before fork so that the child does
+/// Everything the child needs, prepared before clone so that the child does
 /// no allocation.
 pub struct Plan {
     argv: Vec<CString>,
@@ -69,7 +69,7 @@ pub struct Plan {
     nofile: Option<libc::rlimit>,
 }
 
-/// A forked child waiting for its start byte.
+/// A cloned child waiting for its start byte.
 pub struct Spawned {
     /// Its PID (a child of ours, so not reusable until we reap it).
     pub pid: Pid,
