@@ -147,7 +147,8 @@ pub struct Container {
 }
 
 impl Container {
-    /// Changes status, logs the transition and returns the event to publish.
+    /// Changes status and returns the event to publish (the loop logs it
+    /// once it is published).
     pub fn transition(&mut self, to: Status, now: Timestamp) -> Event {
         let kind = match to {
             Status::Created => EventType::Created,
@@ -168,20 +169,6 @@ impl Container {
             _ => {}
         }
         let exit = if to == Status::Stopped { self.exit.clone() } else { None };
-        match &exit {
-            Some(exit) => log::info!(
-                "{} {} instance {} pid {} status {}{}",
-                kind.as_str(),
-                self.id,
-                self.instance,
-                self.pid.as_raw_nonzero(),
-                exit.status,
-                exit.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
-            ),
-            None => {
-                log::info!("{} {} instance {} pid {}", kind.as_str(), self.id, self.instance, self.pid.as_raw_nonzero())
-            }
-        }
         Event {
             kind,
             id: self.id.clone(),
@@ -194,7 +181,6 @@ impl Container {
 
     /// The `deleted` event; the caller forgets the container.
     pub fn deleted_event(&self, now: Timestamp) -> Event {
-        log::info!("deleted {} instance {}", self.id, self.instance);
         Event {
             kind: EventType::Deleted,
             id: self.id.clone(),

@@ -2,8 +2,8 @@
 //! [`spawn`] clones a child that sets itself up — its own session, cwd,
 //! stdio, default signal dispositions, an empty signal mask, no fds but 0-2 —
 //! and then blocks reading its *start pipe*; [`release`] writes the byte that
-//! lets it exec (for `"start": true` the byte is written before the child
-//! runs). A second, close-on-exec *status pipe* tells the supervisor how exec
+//! lets it exec (for `"start": true` there is no start pipe: the child goes
+//! straight on). A second, close-on-exec *status pipe* tells the supervisor how exec
 //! went: a "released" byte, then end-of-file when execve succeeded (the
 //! kernel closed the pipe) or eight bytes with the stage and errno of a
 //! failure; end-of-file without the released byte means the process died
@@ -23,13 +23,13 @@
 //! do not even store errno.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{self, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
-use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use rustix::process::Pid;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::CreateRequest;
@@ -67,6 +67,8 @@ pub struct Plan {
     stdio: [Stdio; 3],
     /// The RLIMIT_NOFILE the supervisor started with, restored in the child.
     nofile: Option<libc::rlimit>,
+    /// Signals whose disposition the child resets (see [`Inherited`]).
+    reset_signals: u64,
 }
 
 /// A cloned child waiting for its start byte.
@@ -75,8 +77,9 @@ pub struct Spawned {
     pub pid: Pid,
     /// A pidfd for it: the exit status is read through this.
     pub pidfd: OwnedFd,
-    /// The write end of its start pipe; [`release`] consumes it.
-    pub start: OwnedFd,
+    /// The write end of its start pipe; [`release`] consumes it. None when
+    /// it was spawned to start at once.
+    pub start: Option<OwnedFd>,
     /// The read end of its status pipe (non-blocking).
     pub status: OwnedFd,
     /// What the child reads until it execs: keep it until then.
@@ -112,15 +115,47 @@ pub fn exec_exit_code(errno: i32) -> i32 {
     }
 }
 
+/// What a container process gets from the supervisor unless its request
+/// says otherwise, captured once when the supervisor starts.
+pub struct Inherited {
+    /// The environment when a request names none.
+    pub env: Vec<(OsString, OsString)>,
+    /// The RLIMIT_NOFILE the supervisor was started with (it raises its own).
+    pub nofile: Option<libc::rlimit>,
+    /// A bit (1 << (signal - 1)) per signal whose disposition is not the
+    /// default: the ones the child must reset. Resetting only these spares
+    /// every container process some 60 system calls.
+    reset_signals: u64,
+}
+
+impl Inherited {
+    /// Captures the environment and the signal dispositions. Call it after
+    /// the supervisor has installed every signal handler it will have: a
+    /// handler installed later would not be reset, and a child waiting for
+    /// `start` could run it.
+    pub fn capture(nofile: Option<libc::rlimit>) -> Inherited {
+        let mut reset_signals = 0u64;
+        for sig in 1..=crate::signals::MAX_SIGNAL {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+            // SAFETY: reads the kernel's disposition into `old` (the raw call:
+            // glibc's sigaction(3) hides signals 32 and 33).
+            let rc = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<u8>(), &mut old, 8) };
+            // Unknown (it cannot be read): reset it to be sure.
+            if rc != 0 || old.handler != libc::SIG_DFL {
+                reset_signals |= 1 << (sig - 1);
+            }
+        }
+        Inherited { env: std::env::vars_os().collect(), nofile, reset_signals }
+    }
+}
+
 impl Plan {
     /// Turns a create request into a plan: checks argv, env and cwd, and
     /// resolves argv[0] against the PATH of the container's environment.
-    pub fn new(
-        req: &CreateRequest,
-        stdio: [Stdio; 3],
-        nofile: Option<libc::rlimit>,
-        base_env: &[(OsString, OsString)],
-    ) -> Result<Plan> {
+    pub fn new(req: &CreateRequest, stdio: [Stdio; 3], inherited: &Inherited) -> Result<Plan> {
         if req.argv.is_empty() || req.argv[0].is_empty() {
             return Err(Error::new(ErrorKind::BadRequest, "argv must name a command"));
         }
@@ -131,7 +166,7 @@ impl Plan {
                 given = map.iter().map(|(k, v)| (k.into(), v.into())).collect();
                 &given
             }
-            None => base_env,
+            None => &inherited.env,
         };
         let mut envp = Vec::with_capacity(env.len());
         let mut path = None;
@@ -162,7 +197,15 @@ impl Plan {
                     .map_err(|e| Error::os(ErrorKind::BadPath, format!("cwd {dir}"), e))?,
             ),
         };
-        Ok(Plan { argv, envp, candidates, cwd, stdio, nofile })
+        Ok(Plan {
+            argv,
+            envp,
+            candidates,
+            cwd,
+            stdio,
+            nofile: inherited.nofile,
+            reset_signals: inherited.reset_signals,
+        })
     }
 }
 
@@ -222,17 +265,16 @@ impl Drop for ChildMemory {
 /// — and what it reads (the returned [`ChildMemory`]) must stay alive and
 /// unchanged until it has exec'd or died.
 ///
-/// With `start_now` the start byte is in the pipe before the child looks.
+/// With `start_now` there is no start pipe: the child goes on to exec.
 pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
-    let (start_r, start_w) =
-        pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::os(ErrorKind::System, "create start pipe", e))?;
+    let start = match start_now {
+        true => None,
+        false => Some(pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::os(ErrorKind::System, "create start pipe", e))?),
+    };
+    // Non-blocking on both ends: the child's writes (one byte, then at most
+    // eight) always fit in the empty pipe.
     let (status_r, status_w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
         .map_err(|e| Error::os(ErrorKind::System, "create status pipe", e))?;
-    // The child writes its status blocking (8 bytes always fit).
-    fs::fcntl_setfl(&status_w, OFlags::empty()).map_err(|e| Error::os(ErrorKind::System, "fcntl status pipe", e))?;
-    if start_now {
-        release_ref(&start_w)?;
-    }
 
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -262,9 +304,10 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
             Stdio::OpenFifo(path) => path.as_ptr(),
             _ => std::ptr::null(),
         }),
-        start: start_r.as_raw_fd(),
+        start: start.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
         status: status_w.as_raw_fd(),
         nofile: plan.nofile,
+        reset_signals: plan.reset_signals,
     };
     // Boxed: its address is what the child gets, and must not move.
     let memory = Box::new(ChildMemory { child, _plan: plan, _argv: argv, _envp: envp, stack });
@@ -283,14 +326,17 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
     // outlives the child's use of it (the caller keeps it until exec or
     // death); the child writes only its own stack (see `Child::run`). No
     // CLONE_FILES or CLONE_SIGHAND: its fd table and signal handlers are
-    // its own copies.
+    // its own copies. CLONE_PIDFD stores a close-on-exec pidfd for it in
+    // `pidfd` (installed in our fd table only, after the child's was copied).
+    let mut pidfd: libc::c_int = -1;
     let pid = unsafe {
         let top = (stack as usize + CHILD_STACK) & !15;
         libc::clone(
             child_entry,
             top as *mut libc::c_void,
-            libc::CLONE_VM | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD,
             &memory.child as *const Child as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
         )
     };
     let clone_errno = std::io::Error::last_os_error();
@@ -302,9 +348,15 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
         return Err(Error::os(ErrorKind::System, "clone container process", clone_errno));
     }
     let pid = Pid::from_raw(pid).expect("clone returned a positive pid");
+    // SAFETY: clone succeeded, so the kernel stored a new pidfd of ours.
+    // The process is our own unreaped child: its PID cannot be reused.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     // The child has its own fd table: closing ours does not touch it. The
     // plan's fds are closed too; its strings stay for the child to read.
-    drop(start_r);
+    let start = start.map(|(r, w)| {
+        drop(r);
+        w
+    });
     drop(status_w);
     let mut memory = memory;
     memory._plan.cwd = None;
@@ -313,28 +365,13 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
             *stdio = Stdio::Inherit;
         }
     }
-    // Our own unreaped child: its PID cannot be reused, so this pidfd is for
-    // exactly this process.
-    let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(e) => {
-            // Without a pidfd we cannot supervise it: take it down again.
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            return Err(Error::os(ErrorKind::System, format!("pidfd_open {}", pid.as_raw_nonzero()), e));
-        }
-    };
-    Ok(Spawned { pid, pidfd, start: start_w, status: status_r, memory })
+    Ok(Spawned { pid, pidfd, start, status: status_r, memory })
 }
 
 /// Lets a created container exec: writes its start byte and closes the pipe.
 pub fn release(start: OwnedFd) -> Result<()> {
-    release_ref(&start)
-}
-
-fn release_ref(start: &OwnedFd) -> Result<()> {
     loop {
-        match rustix::io::write(start, &[1]) {
+        match rustix::io::write(&start, &[1]) {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => continue,
             // EPIPE: it already died; the reaper reports how.
@@ -403,9 +440,11 @@ struct Child {
     stdio: [RawFd; 3],
     /// FIFOs the child opens itself (null: none).
     stdio_paths: [*const libc::c_char; 3],
+    /// The start pipe's read end; -1: start at once.
     start: RawFd,
     status: RawFd,
     nofile: Option<libc::rlimit>,
+    reset_signals: u64,
 }
 
 impl Child {
@@ -419,7 +458,7 @@ impl Child {
         // for itself, leaving an inherited SIG_IGN there through exec.)
         let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
         for sig in 1..=crate::signals::MAX_SIGNAL {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            if self.reset_signals & (1 << (sig - 1)) != 0 {
                 raw::call(libc::SYS_rt_sigaction, [sig as usize, &dfl as *const _ as usize, 0, 8, 0, 0]);
             }
         }
@@ -444,7 +483,7 @@ impl Child {
                 }
             }
         }
-        close_all_but(self.start, self.status);
+        close_all_but(if self.start >= 0 { self.start } else { self.status }, self.status);
         // After the close: a child blocked here holds no supervisor fd.
         for (target, &path) in self.stdio_paths.iter().enumerate() {
             if path.is_null() {
@@ -468,18 +507,20 @@ impl Child {
         }
 
         // Wait for `start`. EOF instead of a byte: the supervisor is gone.
-        let mut byte = 0u8;
-        loop {
-            match raw::check(raw::call(
-                libc::SYS_read,
-                [self.start as usize, &mut byte as *mut u8 as usize, 1, 0, 0, 0],
-            )) {
-                Ok(1) => break,
-                Err(libc::EINTR) => continue,
-                _ => raw::exit(SETUP_FAILED),
+        if self.start >= 0 {
+            let mut byte = 0u8;
+            loop {
+                match raw::check(raw::call(
+                    libc::SYS_read,
+                    [self.start as usize, &mut byte as *mut u8 as usize, 1, 0, 0, 0],
+                )) {
+                    Ok(1) => break,
+                    Err(libc::EINTR) => continue,
+                    _ => raw::exit(SETUP_FAILED),
+                }
             }
+            raw::call(libc::SYS_close, [self.start as usize, 0, 0, 0, 0, 0]);
         }
-        raw::call(libc::SYS_close, [self.start as usize, 0, 0, 0, 0, 0]);
         raw::call(libc::SYS_write, [self.status as usize, &RELEASED as *const u8 as usize, 1, 0, 0, 0]);
 
         // As execvp(3): EACCES anywhere wins over a later ENOENT.

@@ -190,9 +190,9 @@ pub struct Supervisor {
     child_exits: OwnedFd,
     _lock: OwnedFd,
     dev_null: OwnedFd,
-    /// The environment containers get when a request names none, read once.
-    base_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    nofile: Option<libc::rlimit>,
+    /// What containers get unless a request says otherwise (environment,
+    /// RLIMIT_NOFILE, signal dispositions to reset), captured once.
+    inherited: spawn::Inherited,
     next_token: usize,
     sources: HashMap<Token, Source>,
     containers: HashMap<u64, Container>,
@@ -208,6 +208,8 @@ pub struct Supervisor {
     shutdown: Option<Shutdown>,
     /// Whether the last reap found no child at all (ECHILD).
     no_children: bool,
+    /// Pidfds of reaped containers, deregistered and closed after publishing.
+    exited_pidfds: Vec<OwnedFd>,
     init_main: Option<u64>,
     exit_code: i32,
 }
@@ -268,7 +270,8 @@ impl Supervisor {
         let log = EventLog::new(last_seq + 1, config.retained_events);
         Ok(Supervisor {
             dev_null: spawn::dev_null()?,
-            base_env: std::env::vars_os().collect(),
+            // After Signals::new: every handler is installed by now.
+            inherited: spawn::Inherited::capture(nofile),
             config,
             poll,
             ctl,
@@ -277,7 +280,6 @@ impl Supervisor {
             signals,
             child_exits,
             _lock: lock,
-            nofile,
             next_token: FIRST_DYNAMIC_TOKEN,
             sources: HashMap::new(),
             containers: HashMap::new(),
@@ -292,6 +294,7 @@ impl Supervisor {
             replies: Vec::new(),
             shutdown: None,
             no_children: false,
+            exited_pidfds: Vec::new(),
             init_main: None,
             exit_code: 0,
         })
@@ -615,11 +618,10 @@ impl Supervisor {
             return Err(Error::new(ErrorKind::BadRequest, "\"runtime\" needs a \"bundle\""));
         }
         let stdio = self.open_stdio(req)?;
-        let plan = Plan::new(req, stdio, self.nofile, &self.base_env)?;
+        let plan = Plan::new(req, stdio, &self.inherited)?;
         let spawned = spawn::spawn(plan, req.start)?;
-        // Started at once: the start byte is written already.
-        let start_pipe = (!req.start).then_some(spawned.start);
-        let instance = self.add_container(req, spawned.pid, spawned.pidfd, start_pipe, Some(spawned.status), None)?;
+        let instance =
+            self.add_container(req, spawned.pid, spawned.pidfd, spawned.start, Some(spawned.status), None)?;
         if let Some(container) = self.containers.get_mut(&instance) {
             container.child_memory = Some(spawned.memory);
         }
@@ -706,7 +708,7 @@ impl Supervisor {
     fn spawn_helper(&mut self, argv: Vec<String>, stdio: [Stdio; 3], job: HelperJob) -> Result<()> {
         log::debug!("runtime: {}", spawn::describe_argv(&argv));
         let req = CreateRequest { argv, ..Default::default() };
-        let spawned = spawn::spawn(Plan::new(&req, stdio, self.nofile, &self.base_env)?, true)?;
+        let spawned = spawn::spawn(Plan::new(&req, stdio, &self.inherited)?, true)?;
         let pid = spawned.pid.as_raw_nonzero().get();
         let token = match self.register(&spawned.pidfd, Source::Helper(pid), Interest::READABLE) {
             Ok(token) => token,
@@ -865,8 +867,12 @@ impl Supervisor {
         let Some(status) = container.status_pipe.take() else {
             return Err(Error::new(ErrorKind::WrongState, format!("cannot start container {:?}", &*container.id)));
         };
-        // Registered first: once released, the outcome must be seen.
-        let token = self.register(&status, Source::ExecStatus(instance), Interest::READABLE)?;
+        // Registered first: once released, the outcome must be seen. The
+        // outcome is whole only at end-of-file (the child's write end closes
+        // on exec or death), so the loop waits for the hang-up alone: a pipe
+        // never signals EPOLLPRI, and EPOLLHUP is always reported. Waking for
+        // the released byte would cost every start one more wake-up.
+        let token = self.register(&status, Source::ExecStatus(instance), Interest::PRIORITY)?;
         if let Some(Err(e)) = start.map(spawn::release) {
             self.deregister(&status, token);
             return Err(e);
@@ -1068,6 +1074,9 @@ impl Supervisor {
     fn publish(&mut self) {
         self.publish_events();
         self.send_replies();
+        for pidfd in self.exited_pidfds.drain(..) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+        }
     }
 
     /// Journals the queued events and fans them out.
@@ -1099,6 +1108,12 @@ impl Supervisor {
             }
             for token in done {
                 self.drop_client(token);
+            }
+            // The log comes last: subscribers should not wait for it.
+            if log::log_enabled!(log::Level::Info) {
+                for event in &batch {
+                    log::info!("{}", String::from_utf8_lossy(event.line.strip_suffix(b"\n").unwrap_or(&event.line)));
+                }
             }
         }
     }
@@ -1225,8 +1240,10 @@ impl Supervisor {
         let remove = container.remove;
         let waiting = std::mem::take(&mut container.pending_delete);
         let status = container.exit.as_ref().map_or(0, |e| e.status);
-        self.deregister(&pidfd, token);
-        drop(pidfd);
+        // Closed once the event is out: subscribers wait for no syscall
+        // they do not need.
+        self.sources.remove(&token);
+        self.exited_pidfds.push(pidfd);
         self.by_pid.remove(&pid);
         self.emit(instance, event);
         self.stopped_order.push_back(instance);
