@@ -233,6 +233,60 @@ fn search_path(program: &str, path: &OsStr) -> Result<Vec<CString>> {
 /// The stack of a container process until it execs.
 const CHILD_STACK: usize = 256 * 1024;
 
+/// Stacks kept for reuse at most: about as many as containers are set up
+/// at once, between clone and exec, in a busy supervisor.
+const SPARE_STACKS: usize = 4;
+
+/// Stacks whose container process has exec'd or died, for the next spawn
+/// (by address). Reusing one saves the mmap, the munmap — which flushes the
+/// TLB of every CPU the child ran on — and the child's page faults on a
+/// fresh stack. Only the supervisor's one thread spawns; the lock is for
+/// the type system.
+static SPARE: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// A container process's stack: an anonymous mapping of [`CHILD_STACK`]
+/// bytes, given back to [`SPARE`] (or unmapped) when dropped.
+struct Stack(*mut libc::c_void);
+
+impl Stack {
+    /// A spare stack, or a new mapping.
+    fn take() -> Result<Stack> {
+        if let Some(addr) = SPARE.lock().ok().and_then(|mut spare| spare.pop()) {
+            return Ok(Stack(addr as *mut libc::c_void));
+        }
+        // SAFETY: a fresh anonymous private mapping, owned by the Stack.
+        let addr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                CHILD_STACK,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
+            )
+        }
+        .map_err(|e| Error::os(ErrorKind::System, "map a stack for the container process", e))?;
+        Ok(Stack(addr))
+    }
+
+    /// The 16-byte aligned top, where a stack growing down starts.
+    fn top(&self) -> *mut libc::c_void {
+        ((self.0 as usize + CHILD_STACK) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Dropped with its ChildMemory: the child is done with it.
+        if let Ok(mut spare) = SPARE.lock() {
+            if spare.len() < SPARE_STACKS {
+                spare.push(self.0 as usize);
+                return;
+            }
+        }
+        // SAFETY: our own mapping, used by no one any more.
+        let _ = unsafe { rustix::mm::munmap(self.0, CHILD_STACK) };
+    }
+}
+
 /// What a container process reads until it has exec'd (or died): its plan,
 /// the pointer arrays execve takes, its stack. The supervisor keeps this
 /// alive, unchanged, until the status pipe reports the exec outcome or the
@@ -242,14 +296,7 @@ pub struct ChildMemory {
     _plan: Plan,
     _argv: Vec<*const libc::c_char>,
     _envp: Vec<*const libc::c_char>,
-    stack: *mut libc::c_void,
-}
-
-impl Drop for ChildMemory {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `spawn`, used by no one any more.
-        let _ = unsafe { rustix::mm::munmap(self.stack, CHILD_STACK) };
-    }
+    _stack: Stack,
 }
 
 /// Starts the container process with clone(2) and `CLONE_VM`, as
@@ -281,16 +328,8 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     let candidates: Vec<*const libc::c_char> = plan.candidates.iter().map(|c| c.as_ptr()).collect();
-    // SAFETY: a fresh anonymous private mapping, owned by ChildMemory.
-    let stack = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            CHILD_STACK,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
-        )
-    }
-    .map_err(|e| Error::os(ErrorKind::System, "map a stack for the container process", e))?;
+    let stack = Stack::take()?;
+    let top = stack.top();
     let child = Child {
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -310,7 +349,7 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
         reset_signals: plan.reset_signals,
     };
     // Boxed: its address is what the child gets, and must not move.
-    let memory = Box::new(ChildMemory { child, _plan: plan, _argv: argv, _envp: envp, stack });
+    let memory = Box::new(ChildMemory { child, _plan: plan, _argv: argv, _envp: envp, _stack: stack });
 
     // Block every signal across clone: the child must not run the
     // supervisor's handlers (they write to the supervisor's signal pipe)
@@ -330,10 +369,9 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
     // `pidfd` (installed in our fd table only, after the child's was copied).
     let mut pidfd: libc::c_int = -1;
     let pid = unsafe {
-        let top = (stack as usize + CHILD_STACK) & !15;
         libc::clone(
             child_entry,
-            top as *mut libc::c_void,
+            top,
             libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD,
             &memory.child as *const Child as *mut libc::c_void,
             &mut pidfd as *mut libc::c_int,

@@ -1120,21 +1120,20 @@ impl Supervisor {
 
     // ---- exits and reaping ----
 
-    /// A pidfd became readable. Reap that container and every other zombie
-    /// with it, so that once a client sees this container's `stopped`, every
-    /// child that exited before it has been reaped too.
+    /// A pidfd became readable: reap that container and publish its
+    /// `stopped` at once. Other zombies are the SIGCHLD handler's: the same
+    /// exit raised SIGCHLD, so its signalfd is ready in this poll or the next.
     fn handle_exit(&mut self, instance: u64) {
         self.reap_container(instance);
-        // Subscribers first: the orphan scan can wait a moment.
         self.publish_events();
-        self.reap();
     }
 
-    /// SIGCHLD: drains the signalfd (signals coalesce, so its count means
-    /// nothing) and reaps everything that exited.
+    /// SIGCHLD: empties the signalfd and reaps everything that exited.
+    /// SIGCHLD is a standard signal: however many children exit, at most one
+    /// is pending, so one read empties it (a later one makes a new edge).
     fn handle_child_exits(&mut self) {
-        let mut buf = [0u8; 16 * std::mem::size_of::<libc::signalfd_siginfo>()];
-        while matches!(rustix::io::read(&self.child_exits, &mut buf), Ok(n) if n > 0) {}
+        let mut buf = [0u8; 4 * std::mem::size_of::<libc::signalfd_siginfo>()];
+        while matches!(rustix::io::read(&self.child_exits, &mut buf), Ok(n) if n == buf.len()) {}
         self.reap();
     }
 
