@@ -674,7 +674,8 @@ fn slow_subscriber_gets_a_contiguous_prefix_then_one_overflow_line() {
 fn since_replay_larger_than_the_subscriber_buffer_still_makes_progress() {
     // DESIGN: after an overflow "a client resumes with since". The range it
     // missed is at least the buffer it overflowed, so the resumed replay is
-    // larger than the buffer too; it must still deliver events.
+    // larger than the buffer too; it must still deliver events (a replay
+    // is queued at its reader's pace, so it never overflows at all).
     const N: usize = 150;
     let sv = Sv::start_with(&["--grace", "2s", "--subscriber-buffer", "16K"], &[]);
     let mut driver = sv.subscribe(json!({}));
@@ -708,6 +709,54 @@ fn since_replay_larger_than_the_subscriber_buffer_still_makes_progress() {
         }
     }
     assert!(got == lines, "the resumed client got other lines than the driver");
+}
+
+#[test]
+fn a_replay_longer_than_the_buffer_comes_whole_at_its_readers_pace() {
+    // A 4K queue and a ring of 16 events: the replay of 1,200 events comes
+    // from the journal, some 60 times what the queue and the pipe hold.
+    const N: usize = 300;
+    let sv = Sv::start_with(&["--grace", "2s", "--subscriber-buffer", "4K", "--retained-events", "16"], &[]);
+    let mut driver = sv.subscribe(json!({}));
+    let lines = churn(&sv, &mut driver, "r", N, 10);
+    let first = seq(&parse(&lines[0]));
+    // Subscribed and not read yet: the replay waits for its reader while
+    // the supervisor serves others, and what happens meanwhile follows it.
+    let mut replay = sv.subscribe(json!({"since": first - 1}));
+    let later = sv.run_to_stop("later", &["true"]);
+    ok(sv.request(json!({"op": "version"})));
+    let got = lines_until(&mut replay, &sv, |ev| {
+        assert_ne!(ev["type"], "overflow", "the replay overflowed: {ev}");
+        *ev == later
+    });
+    assert!(got[..lines.len()] == lines[..], "the replay differs from what the live subscriber got");
+    assert_contiguous(&got.iter().map(|l| seq(&parse(l))).collect::<Vec<_>>(), "replay");
+}
+
+#[test]
+fn a_subscriber_that_reads_nothing_at_shutdown_ends_with_an_overflow_line() {
+    // 1,600 events: more than the pipe holds, less than the 1 MiB queue,
+    // so nothing overflows before the shutdown.
+    const N: usize = 400;
+    let mut sv = Sv::start();
+    let mut stuck = sv.subscribe(json!({}));
+    let mut driver = sv.subscribe(json!({}));
+    let lines = churn(&sv, &mut driver, "s", N, 10);
+    drop(driver);
+    ok(sv.request(json!({"op": "shutdown"})));
+    assert_eq!(sv.wait_exit(), Some(0));
+    let mut got = Vec::new();
+    let overflow = loop {
+        let line = stuck.next_line(Instant::now() + DEADLINE).expect("a line before end-of-file");
+        if parse(&line)["type"] == "overflow" {
+            break parse(&line);
+        }
+        got.push(line);
+    };
+    assert!(!got.is_empty() && got.len() < lines.len(), "{} of {} lines before the overflow", got.len(), lines.len());
+    assert!(got == lines[..got.len()], "the stuck subscriber's prefix is not the live one");
+    assert_eq!(overflow["next"], seq(&parse(got.last().unwrap())) + 1, "{overflow}");
+    assert_eof(&mut stuck);
 }
 
 #[test]

@@ -129,6 +129,23 @@ struct WireEvent<'a> {
 }
 
 impl Published {
+    /// A journal line read back: its type, id and instance parsed from it.
+    /// None for a line that is not a whole event (a torn one).
+    pub fn from_line(seq: u64, line: Vec<u8>) -> Option<Published> {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type")]
+            kind: EventType,
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+            #[serde(default)]
+            instance: u64,
+        }
+        let head: Head = serde_json::from_slice(&line).ok()?;
+        let id = head.id.as_ref().into();
+        Some(Published { seq, kind: head.kind, id, instance: head.instance, line: line.into() })
+    }
+
     /// Numbers and serializes an event.
     pub fn new(seq: u64, event: &Event) -> Self {
         let wire = WireEvent {
@@ -193,15 +210,13 @@ impl EventLog {
         self.next_seq - 1 - self.pending.len() as u64
     }
 
-    /// The published events with seq > `since` still in the ring, and whether
-    /// the ring reaches back that far (if not, the journal must be read).
-    pub fn recent_since(&self, since: u64) -> (Vec<Rc<Published>>, bool) {
-        let complete = match self.recent.front() {
-            Some(first) => first.seq <= since.saturating_add(1),
-            None => since >= self.last_published(),
-        };
-        let start = self.recent.partition_point(|e| e.seq <= since);
-        (self.recent.range(start..).cloned().collect(), complete)
+    /// The published events from seq `first` on, if the ring still reaches
+    /// back that far (None: older ones are in the journal only).
+    pub fn recent_from(&self, first: u64) -> Option<impl Iterator<Item = &Rc<Published>>> {
+        // The ring is contiguous: every published event passes through it.
+        let oldest = self.recent.front().map_or(self.last_published() + 1, |e| e.seq);
+        let skip = first.checked_sub(oldest)?;
+        Some(self.recent.iter().skip(usize::try_from(skip).unwrap_or(usize::MAX)))
     }
 }
 
@@ -249,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn ring_serves_since_and_knows_its_reach() {
+    fn ring_serves_recent_events_and_knows_its_reach() {
         let mut log = EventLog::new(1, 3);
         for _ in 0..5 {
             log.push(&event(EventType::Created));
@@ -257,12 +272,20 @@ mod tests {
         assert_eq!(log.last_published(), 0);
         log.take_pending();
         assert_eq!(log.last_published(), 5);
-        let (events, complete) = log.recent_since(2);
-        assert!(complete);
-        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let (_, complete) = log.recent_since(1);
-        assert!(!complete);
-        let (events, complete) = log.recent_since(5);
-        assert!(complete && events.is_empty());
+        let seqs = |first| log.recent_from(first).map(|it| it.map(|e| e.seq).collect::<Vec<_>>());
+        assert_eq!(seqs(3), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(5), Some(vec![5]));
+        assert_eq!(seqs(6), Some(vec![]));
+        assert_eq!(seqs(2), None, "seq 2 left the ring");
+    }
+
+    #[test]
+    fn a_line_reads_back_as_the_event_it_was() {
+        let mut e = event(EventType::Stopped);
+        e.exit = Some(Exit::code(3));
+        let line = Published::new(7, &e).line.to_vec();
+        let back = Published::from_line(7, line.clone()).unwrap();
+        assert_eq!((back.kind, &*back.id, back.instance, &*back.line), (EventType::Stopped, "job", 3, &line[..]));
+        assert!(Published::from_line(7, line[..20].to_vec()).is_none(), "a torn line");
     }
 }

@@ -2,13 +2,15 @@
 //! before it is fanned out, so after a crash it holds everything any
 //! subscriber saw. It is capped in size by rotating to `events.jsonl.1`. On
 //! start it tells the next `seq`, and it serves `since` beyond the in-memory
-//! ring.
+//! ring through a [`Cursor`]: a subscriber catching up reads it a piece at a
+//! time, at the pace its reader takes the lines, from a position found by
+//! binary search.
 //!
 //! Events are written with write(2), not fsync'd: they survive the
 //! supervisor's death (the page cache outlives the process), not a power cut.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -26,7 +28,32 @@ pub struct Journal {
     file: File,
     size: u64,
     max_size: u64,
+    /// Counts rotations: the current file is this generation, the rotated
+    /// one the one before.
+    generation: u64,
 }
+
+/// A reading position: the offset of the next line in one of the journal's
+/// files, named by its generation so that a rotation cannot mislead it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    generation: u64,
+    offset: u64,
+}
+
+/// What [`Journal::read`] found at a cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lines {
+    /// Whole event lines (seq, line with its newline), oldest first.
+    Some(Vec<(u64, Vec<u8>)>),
+    /// Nothing more: the cursor is at the end of the journal.
+    End,
+    /// The cursor's file was rotated away: its lines are gone.
+    Gone,
+}
+
+/// The bytes read at a time while looking for a line's end.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl Journal {
     /// Opens (creating) the journal in `root`, capped at `max_size` bytes a
@@ -47,7 +74,7 @@ impl Journal {
         if last == 0 {
             last = last_seq(&rotated)?;
         }
-        Ok((Journal { path, rotated, file, size, max_size }, last))
+        Ok((Journal { path, rotated, file, size, max_size, generation: 1 }, last))
     }
 
     /// Appends a batch of events with one write, rotating first when the
@@ -77,33 +104,105 @@ impl Journal {
                 ))
             }
         }
+        self.generation += 1;
         self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())
     }
 
-    /// Every journaled event line with seq > `since` and < `before`, oldest
-    /// first, from the rotated file and then the current one.
-    pub fn read_since(&self, since: u64, before: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for path in [&self.rotated, &self.path] {
+    /// The file of a generation, while the journal still has it.
+    fn file_of(&self, generation: u64) -> Option<&Path> {
+        if generation == self.generation {
+            Some(&self.path)
+        } else if generation + 1 == self.generation {
+            Some(&self.rotated)
+        } else {
+            None
+        }
+    }
+
+    /// The seq of the oldest event the journal holds, if any.
+    pub fn first_seq(&self) -> Result<Option<u64>> {
+        let mut cursor = Cursor { generation: self.generation - 1, offset: 0 };
+        loop {
+            match self.read(&mut cursor, 1)? {
+                Lines::Some(lines) => {
+                    if let Some((seq, _)) = lines.first() {
+                        return Ok(Some(*seq));
+                    }
+                }
+                Lines::End | Lines::Gone => return Ok(None),
+            }
+        }
+    }
+
+    /// A cursor at the first line with seq `seq` or greater (at the end of
+    /// the journal when there is none), found by binary search: the lines of
+    /// both files are in seq order.
+    pub fn seek(&self, seq: u64) -> Result<Cursor> {
+        for generation in [self.generation - 1, self.generation] {
+            let path = self.file_of(generation).expect("both generations are kept");
             let file = match File::open(path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::os(ErrorKind::System, format!("open {}", path.display()), e)),
             };
-            for line in BufReader::new(file).split(b'\n') {
-                let mut line = line.map_err(|e| Error::os(ErrorKind::System, format!("read {}", path.display()), e))?;
-                if let Some(seq) = line_seq(&line) {
-                    // A torn line (from a crash) is skipped.
-                    if seq > since && seq < before && is_json(&line) {
-                        line.push(b'\n');
-                        out.push((seq, line));
-                    }
-                }
+            let len =
+                file.metadata().map_err(|e| Error::os(ErrorKind::System, format!("stat {}", path.display()), e))?.len();
+            let offset = find_line(&file, len, seq)
+                .map_err(|e| Error::os(ErrorKind::System, format!("read {}", path.display()), e))?;
+            // Past the end of the rotated file: it is in the current one.
+            if offset < len || generation == self.generation {
+                return Ok(Cursor { generation, offset });
             }
         }
-        Ok(out)
+        Ok(Cursor { generation: self.generation, offset: self.size })
+    }
+
+    /// Reads whole event lines from `cursor` on, about `max_bytes` of them
+    /// (at least one line), and moves the cursor past them. Torn lines (a
+    /// crash mid-write) are skipped.
+    pub fn read(&self, cursor: &mut Cursor, max_bytes: usize) -> Result<Lines> {
+        loop {
+            let Some(path) = self.file_of(cursor.generation) else { return Ok(Lines::Gone) };
+            let what = |verb: &str, e| Error::os(ErrorKind::System, format!("{verb} {}", path.display()), e);
+            let mut file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && cursor.generation < self.generation => {
+                    *cursor = Cursor { generation: cursor.generation + 1, offset: 0 };
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lines::End),
+                Err(e) => return Err(what("open", e)),
+            };
+            file.seek(SeekFrom::Start(cursor.offset)).map_err(|e| what("seek", e))?;
+            // Chunks until they hold `max_bytes` of whole lines, or the file ends.
+            let mut buf = Vec::new();
+            let whole = loop {
+                let got = (&mut file).take(READ_CHUNK as u64).read_to_end(&mut buf).map_err(|e| what("read", e))?;
+                let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if got == 0 || (end > 0 && end >= max_bytes) {
+                    break end;
+                }
+            };
+            if whole == 0 {
+                // The end of this file: on to the next, or the end.
+                if cursor.generation < self.generation {
+                    *cursor = Cursor { generation: cursor.generation + 1, offset: 0 };
+                    continue;
+                }
+                return Ok(Lines::End);
+            }
+            cursor.offset += whole as u64;
+            let lines = buf[..whole]
+                .split_inclusive(|b| *b == b'\n')
+                .filter_map(|line| {
+                    let seq = line_seq(line)?;
+                    is_json(&line[..line.len() - 1]).then(|| (seq, line.to_vec()))
+                })
+                .collect();
+            return Ok(Lines::Some(lines));
+        }
     }
 }
 
@@ -157,6 +256,54 @@ fn last_seq(path: &Path) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// The offset of the first line with seq `seq` or greater in a journal
+/// file of `len` bytes (`len` when there is none): a binary search over line
+/// starts while the window is large, then a scan.
+fn find_line(file: &File, len: u64, seq: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    // Every line starting before `lo` has a smaller seq; the answer is a
+    // line start in lo..=hi.
+    let (mut lo, mut hi) = (0u64, len);
+    let mut probe = vec![0u8; 4096];
+    while hi - lo > READ_CHUNK as u64 {
+        let mid = lo + (hi - lo) / 2;
+        // The first line starting after `mid`, and its seq.
+        let n = file.read_at(&mut probe, mid)?;
+        let Some(nl) = probe[..n].iter().position(|b| *b == b'\n') else { break };
+        let start = mid + nl as u64 + 1;
+        if start >= hi {
+            break;
+        }
+        let n = file.read_at(&mut probe[..32], start)?;
+        match line_seq(&probe[..n]) {
+            Some(found) if found < seq => lo = start,
+            Some(_) => hi = start,
+            None => break,
+        }
+    }
+    // The scan, from a line start.
+    let mut offset = lo;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = file.read_at(&mut buf, offset + pending.len() as u64)?;
+        if n == 0 {
+            return Ok(len);
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + nl];
+            if line_seq(line).is_some_and(|found| found >= seq) {
+                return Ok(offset + start as u64);
+            }
+            start += nl + 1;
+        }
+        offset += start as u64;
+        pending.drain(..start);
+    }
+}
+
 fn is_json(line: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
 }
@@ -181,9 +328,7 @@ mod tests {
 
     #[test]
     fn continues_seq_rotates_and_reads_back() {
-        let dir = std::env::temp_dir().join(format!("pidvisor-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("rotate");
         let (mut journal, last) = Journal::open(&dir, 1000).unwrap();
         assert_eq!(last, 0);
         for seq in 1..=20 {
@@ -197,11 +342,65 @@ mod tests {
         let (mut journal, last) = Journal::open(&dir, 1000).unwrap();
         assert_eq!(last, 20);
         journal.append(&[published(21)]).unwrap();
-        let seqs: Vec<u64> = journal.read_since(0, u64::MAX).unwrap().into_iter().map(|(s, _)| s).collect();
+        let seqs = read_all(&journal, 0);
         assert!(seqs.ends_with(&[19, 20, 21]), "{seqs:?}");
+        assert_eq!(journal.first_seq().unwrap(), seqs.first().copied());
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
         let (_, last) = Journal::open(&dir, 1000).unwrap();
         assert_eq!(last, 21);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn read_all(journal: &Journal, from: u64) -> Vec<u64> {
+        let mut cursor = journal.seek(from).unwrap();
+        let mut seqs = Vec::new();
+        loop {
+            match journal.read(&mut cursor, 100).unwrap() {
+                Lines::Some(lines) => seqs.extend(lines.into_iter().map(|(seq, _)| seq)),
+                Lines::End => return seqs,
+                Lines::Gone => panic!("cursor gone"),
+            }
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pidvisor-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn seek_finds_every_seq_in_both_files() {
+        let dir = temp_dir("seek");
+        // Two files of a few hundred KiB each: the binary search has work.
+        let (mut journal, _) = Journal::open(&dir, 200 << 10).unwrap();
+        for seq in 1..=5000 {
+            journal.append(&[published(seq)]).unwrap();
+        }
+        let first = journal.first_seq().unwrap().unwrap();
+        assert!(first > 1, "rotated: {first}");
+        for from in [0, first, first + 1, 2500, 4999, 5000] {
+            let want: Vec<u64> = (from.max(first)..=5000).collect();
+            assert_eq!(read_all(&journal, from), want, "from {from}");
+        }
+        assert_eq!(read_all(&journal, 5001), Vec::<u64>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cursor_whose_file_was_rotated_away_is_gone() {
+        let dir = temp_dir("gone");
+        let (mut journal, _) = Journal::open(&dir, 1000).unwrap();
+        for seq in 1..=10 {
+            journal.append(&[published(seq)]).unwrap();
+        }
+        let mut cursor = journal.seek(journal.first_seq().unwrap().unwrap()).unwrap();
+        assert!(matches!(journal.read(&mut cursor, 1).unwrap(), Lines::Some(_)));
+        for seq in 11..=40 {
+            journal.append(&[published(seq)]).unwrap();
+        }
+        assert_eq!(journal.read(&mut cursor, 1).unwrap(), Lines::Gone);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

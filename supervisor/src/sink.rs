@@ -94,15 +94,66 @@ impl Sink {
         }
         // An empty queue always takes one event, however small the limit:
         // otherwise a line longer than the limit could never be delivered.
-        if self.queue.is_empty() || self.queued_bytes + event.line.len() <= self.limit {
-            self.queued_bytes += event.line.len();
-            self.queue.push_back(Chunk::Event(event.clone()));
+        if self.has_room(event.line.len()) {
+            self.enqueue(event.clone());
             return true;
         }
+        self.overflow(event.seq);
+        false
+    }
+
+    /// Whether a line of `bytes` fits under the limit (an empty queue takes
+    /// any line). A replay is queued only while it fits, so it never
+    /// overflows: it waits for its reader instead.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.queue.is_empty() || self.queued_bytes + bytes <= self.limit
+    }
+
+    /// Queues an event of a replay, which the caller keeps within the limit
+    /// with [`Sink::has_room`].
+    pub fn push_replay(&mut self, event: Rc<Published>) {
+        self.enqueue(event);
+    }
+
+    fn enqueue(&mut self, event: Rc<Published>) {
+        self.queued_bytes += event.line.len();
+        self.queue.push_back(Chunk::Event(event));
+    }
+
+    /// Ends the stream early with the overflow line, at the first event not
+    /// begun or at `owed` (the first seq it was owed beyond its queue),
+    /// whichever comes first; without either, it only closes. For the end of
+    /// a supervisor whose subscriber did not read its last events: so that
+    /// the gap is not silent, the pipe is grown to take the line (the reader
+    /// finds it after what the pipe holds). Returns whether a line was due.
+    pub fn cut_off(&mut self, owed: Option<u64>) -> bool {
+        if self.closing {
+            return false;
+        }
+        let keep = usize::from(self.written > 0);
+        let first_unbegun = self.queue.iter().skip(keep).find_map(|c| match c {
+            Chunk::Event(e) => Some(e.seq),
+            Chunk::Line(_) => None,
+        });
+        let Some(next) = first_unbegun.into_iter().chain(owed).min() else {
+            self.closing = true;
+            return false;
+        };
+        self.overflow(next);
+        if let Ok(size) = rustix::pipe::fcntl_getpipe_size(&self.fd) {
+            let _ = rustix::pipe::fcntl_setpipe_size(&self.fd, size.saturating_mul(2));
+        }
+        true
+    }
+
+    /// Drops every queued line not yet begun, queues
+    /// `{"type":"overflow","next":N}` — N the first seq the reader will not
+    /// get — and closes once that is written.
+    fn overflow(&mut self, next: u64) {
         // Keep the chunk being written (a torn line would corrupt the
         // stream); everything behind it is dropped and re-read by `since`.
         let keep = usize::from(self.written > 0);
-        let mut next = event.seq;
+        let mut next = next;
         for dropped in self.queue.drain(keep..) {
             if let Chunk::Event(e) = &dropped {
                 next = next.min(e.seq);
@@ -111,7 +162,6 @@ impl Sink {
         self.queued_bytes = self.queue.iter().map(|c| c.bytes().len()).sum::<usize>() - self.written;
         self.push_line(format!("{{\"type\":\"overflow\",\"next\":{next}}}\n").into_bytes());
         self.closing = true;
-        false
     }
 
     /// Marks the sink to close once its queue is written (a reply).

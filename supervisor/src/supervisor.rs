@@ -25,7 +25,7 @@ use crate::container::{self, Action, Container, PendingStart, Status};
 use crate::error::{describe_io, Error, ErrorKind, Result};
 use crate::event::{Event, EventLog, EventType, Exit, Published};
 use crate::fifo;
-use crate::journal::Journal;
+use crate::journal::{self, Journal};
 use crate::notify::notify;
 use crate::protocol::{self, CreateRequest, Request, SignalArg, SubscribeRequest, MAX_LINE};
 use crate::reaper;
@@ -47,8 +47,13 @@ const MAX_HELD_LINE: usize = 64 * 1024;
 /// The signals forwarded to `main` in init mode.
 const FORWARDED: [i32; 7] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
 
-/// How long the supervisor waits for subscribers to drain before it exits.
+/// How long the supervisor waits at exit for a subscriber that reads
+/// nothing before it cuts it off.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long at most the supervisor waits at exit for subscribers that are
+/// still reading.
+const FINAL_FLUSH_MAX: Duration = Duration::from_secs(10);
 
 /// The supervisor's settings.
 #[derive(Debug, Clone)]
@@ -158,8 +163,14 @@ struct Filter {
 }
 
 impl Filter {
+    /// Whether an event is wanted and new to this subscriber.
     fn matches(&self, seq: u64, kind: EventType, id: &str) -> bool {
-        seq > self.after && self.types & (1 << kind as u8) != 0 && self.ids.as_ref().is_none_or(|ids| ids.contains(id))
+        seq > self.after && self.wants(kind, id)
+    }
+
+    /// Whether an event of this type and container is wanted.
+    fn wants(&self, kind: EventType, id: &str) -> bool {
+        self.types & (1 << kind as u8) != 0 && self.ids.as_ref().is_none_or(|ids| ids.contains(id))
     }
 }
 
@@ -168,6 +179,48 @@ struct Client {
     sink: Sink,
     path: String,
     filter: Option<Filter>,
+    /// The replay a subscriber is still owed; None once it is live.
+    catch_up: Option<CatchUp>,
+}
+
+impl Client {
+    /// Whether events are still owed: queued, or replay still to come.
+    fn owes(&self) -> bool {
+        self.sink.queued_bytes() > 0 || self.catch_up.is_some()
+    }
+}
+
+/// A subscriber's replay, queued at the pace its reader takes it so that
+/// neither its queue nor the loop's work grows with the replay's length:
+/// first the retained events of the containers it named, then every event
+/// from `next` on, out of the ring or the journal, until it reaches the live
+/// stream. Meanwhile fan-out passes it by: what is published meanwhile is
+/// read back too.
+struct CatchUp {
+    retained: VecDeque<Rc<Published>>,
+    /// The first seq not yet queued.
+    next: u64,
+    /// Where the journal is read, once the ring no longer reaches `next`.
+    cursor: Option<journal::Cursor>,
+}
+
+/// Bytes of replay queued per turn: about one pipe's worth.
+const REPLAY_CHUNK: usize = 64 * 1024;
+
+/// Replay queued in one call before the loop serves others.
+const REPLAY_TURN: usize = 1 << 20;
+
+/// How a feed of a client ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Fed {
+    /// The pipe is full; its writable event resumes.
+    Pending,
+    /// Everything owed so far is written.
+    Drained,
+    /// Its turn is over while the pipe has room: resume on the next turn.
+    Again,
+    /// The client is done (its reader left, or its last line is written).
+    Done,
 }
 
 /// Shutdown in progress.
@@ -512,22 +565,17 @@ impl Supervisor {
             if sink.flush() == Flushed::Pending {
                 // A reply larger than the pipe (a long `list`): finish it
                 // when the pipe has room.
-                self.add_client(Client { sink, path, filter: None });
+                if let Err(e) = self.add_client(Client { sink, path: path.clone(), filter: None, catch_up: None }) {
+                    log::warn!("reply fifo {path}: {e}");
+                }
             }
         }
     }
 
-    fn add_client(&mut self, client: Client) -> Option<Token> {
-        match self.register(client.sink.fd(), Source::Client, Interest::WRITABLE) {
-            Ok(token) => {
-                self.clients.insert(token, client);
-                Some(token)
-            }
-            Err(e) => {
-                log::warn!("fifo {}: {e}", client.path);
-                None
-            }
-        }
+    fn add_client(&mut self, client: Client) -> Result<Token> {
+        let token = self.register(client.sink.fd(), Source::Client, Interest::WRITABLE)?;
+        self.clients.insert(token, client);
+        Ok(token)
     }
 
     fn drop_client(&mut self, token: Token) {
@@ -542,8 +590,20 @@ impl Supervisor {
     fn handle_client(&mut self, token: Token, error: bool) {
         let Some(client) = self.clients.get_mut(&token) else { return };
         // EPOLLERR on a FIFO's write end: the reader closed it.
-        if error || client.sink.flush() == Flushed::Done {
-            self.drop_client(token);
+        if error {
+            return self.drop_client(token);
+        }
+        match feed(client, &self.log, &self.journal) {
+            Fed::Done => self.drop_client(token),
+            Fed::Again => {
+                // Edge-triggered, and the pipe still has room: re-arming
+                // reports it writable again on the next poll.
+                let fd = client.sink.fd().as_raw_fd();
+                if let Err(e) = self.poll.registry().reregister(&mut SourceFd(&fd), token, Interest::WRITABLE) {
+                    log::warn!("subscriber {}: re-arm: {}", client.path, describe_io(&e));
+                }
+            }
+            Fed::Pending | Fed::Drained => {}
         }
     }
 
@@ -995,67 +1055,60 @@ impl Supervisor {
         // Publish what this iteration queued so far: the replay then holds
         // only journaled events, and everything later comes live.
         self.publish_events();
-        let mut filter = Filter {
+        let last_published = self.log.last_published();
+        // The starting point: `since`, else now. Events after it are read
+        // back in order; with ids and no `since`, their retained events
+        // (all older) come first.
+        let start = req.since.unwrap_or(last_published);
+        let mut retained: BTreeMap<u64, Rc<Published>> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for id in req.ids.iter().flatten() {
+            match self.by_id.get(id.as_str()).and_then(|i| self.containers.get(i)) {
+                Some(c) if req.since.is_none() => retained.extend(c.events.iter().map(|e| (e.seq, e.clone()))),
+                Some(_) => {}
+                None => unknown.push(id.clone()),
+            }
+        }
+        if req.since.is_some() {
+            self.check_reach(start)?;
+        }
+        let filter = Filter {
             ids: req.ids.as_ref().map(|ids| ids.iter().cloned().collect()),
             types: req.types.as_ref().map_or(u8::MAX, |t| t.iter().fold(0, |bits, kind| bits | 1 << *kind as u8)),
-            after: 0,
+            after: start,
         };
-        let last_published = self.log.last_published();
-        // The replay: every retained event of the named containers, or every
-        // event after `since`; in seq order, each once.
-        let mut replay: BTreeMap<u64, Rc<Published>> = BTreeMap::new();
-        let mut unknown = Vec::new();
-        if let Some(ids) = &req.ids {
-            for id in ids {
-                match self.by_id.get(id.as_str()).and_then(|i| self.containers.get(i)) {
-                    Some(c) => replay.extend(c.events.iter().map(|e| (e.seq, e.clone()))),
-                    None => unknown.push(id.clone()),
-                }
-            }
-        }
-        if let Some(since) = req.since {
-            let (recent, complete) = self.log.recent_since(since);
-            let mut found: BTreeMap<u64, Rc<Published>> = recent.into_iter().map(|e| (e.seq, e)).collect();
-            if !complete {
-                let before = found.keys().next().copied().unwrap_or(last_published + 1);
-                let lines = self.journal.read_since(since, before)?;
-                found.extend(lines.into_iter().filter_map(|(seq, line)| journal_event(seq, line)));
-            }
-            // Events rotated out of the journal are gone: say so rather
-            // than leave a silent gap.
-            let first = found.keys().next().copied().unwrap_or(last_published + 1);
-            if first > since.saturating_add(1) {
-                return Err(Error::new(
-                    ErrorKind::Expired,
-                    format!(
-                        "events {} to {} are no longer retained (the oldest kept is seq {first}); subscribe with since {} or later",
-                        since + 1,
-                        first - 1,
-                        first - 1
-                    ),
-                ));
-            }
-            replay.extend(found);
-        }
-        if let Some(since) = req.since {
-            replay.retain(|seq, _| *seq > since);
-        }
-        filter.after = 0;
-        let mut sink = Sink::new(fd, self.config.subscriber_buffer);
-        for event in replay.values() {
-            if filter.matches(event.seq, event.kind, &event.id) && !sink.push_event(event) {
-                break;
-            }
-        }
-        // Live events start after everything replayed, after what was
-        // published before, and after `since`.
-        filter.after = last_published.max(replay.keys().next_back().copied().unwrap_or(0)).max(req.since.unwrap_or(0));
-        log::debug!("subscriber {} added, replayed {} events", req.path, replay.len());
-        let flushed = sink.flush();
-        if flushed != Flushed::Done {
-            self.add_client(Client { sink, path: req.path.clone(), filter: Some(filter) });
-        }
+        let retained = retained.into_values().filter(|e| filter.wants(e.kind, &e.id)).collect();
+        let catch_up = CatchUp { retained, next: start.saturating_add(1), cursor: None };
+        let client = Client {
+            sink: Sink::new(fd, self.config.subscriber_buffer),
+            path: req.path.clone(),
+            filter: Some(filter),
+            catch_up: Some(catch_up),
+        };
+        let token = self.add_client(client)?;
+        log::debug!("subscriber {} added from seq {}", req.path, start.saturating_add(1));
+        self.handle_client(token, false);
         Ok(json!({ "next": self.log.next_seq(), "unknown": unknown }))
+    }
+
+    /// Refuses a `since` older than anything kept: a silent gap otherwise.
+    fn check_reach(&self, since: u64) -> Result<()> {
+        let want = since.saturating_add(1);
+        if want > self.log.last_published() || self.log.recent_from(want).is_some() {
+            return Ok(());
+        }
+        let first = self.journal.first_seq()?.unwrap_or(self.log.last_published() + 1);
+        if first <= want {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Expired,
+            format!(
+                "events {want} to {} are no longer retained (the oldest kept is seq {first}); subscribe with since {} or later",
+                first - 1,
+                first - 1
+            ),
+        ))
     }
 
     // ---- events ----
@@ -1089,7 +1142,8 @@ impl Supervisor {
             let mut done = Vec::new();
             for (token, client) in self.clients.iter_mut() {
                 let Some(filter) = &client.filter else { continue };
-                if client.sink.is_closing() {
+                // A subscriber still catching up reads these back later.
+                if client.sink.is_closing() || client.catch_up.is_some() {
                     continue;
                 }
                 let mut pushed = false;
@@ -1457,6 +1511,33 @@ impl Supervisor {
         }
     }
 
+    /// At the end, for subscribers that did not read their last events: ends
+    /// each stream with an overflow line naming the first event it missed.
+    fn cut_off_subscribers(&mut self) {
+        let mut cut = Vec::new();
+        for (token, client) in self.clients.iter_mut() {
+            if client.filter.is_none() || !client.owes() {
+                continue;
+            }
+            let owed = client.catch_up.as_ref().map(|c| c.retained.front().map_or(c.next, |e| e.seq));
+            if client.sink.cut_off(owed) {
+                log::warn!(
+                    "shutdown: subscriber {} did not read its last events; it gets an overflow line",
+                    client.path
+                );
+            }
+            client.catch_up = None;
+            cut.push(*token);
+        }
+        for token in cut {
+            if let Some(client) = self.clients.get_mut(&token) {
+                if client.sink.flush() != Flushed::Done {
+                    log::warn!("shutdown: subscriber {}: no room left for the overflow line", client.path);
+                }
+            }
+        }
+    }
+
     /// Handles pidfd events that arrived during the final kill loop.
     fn drain_exits(&mut self, events: &Events) {
         for event in events.iter() {
@@ -1499,16 +1580,17 @@ impl Supervisor {
         for token in tokens {
             self.handle_client(token, false);
         }
-        let deadline = Instant::now() + FINAL_FLUSH;
-        let mut events = Events::with_capacity(64);
         // Until subscribers have their last events and every client that
-        // opened `ctl` has closed it (or the deadline).
-        while !ctl_done || self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
-            let left = deadline.saturating_duration_since(Instant::now());
+        // opened `ctl` has closed it: while subscribers read, for up to
+        // FINAL_FLUSH_MAX; a subscriber that reads nothing for FINAL_FLUSH is
+        // cut off, with an overflow line, so that its gap is not silent.
+        let give_up = Instant::now() + FINAL_FLUSH_MAX;
+        let mut deadline = Instant::now() + FINAL_FLUSH;
+        let mut events = Events::with_capacity(64);
+        while !ctl_done || self.clients.values().any(Client::owes) {
+            let left = deadline.min(give_up).saturating_duration_since(Instant::now());
             if left.is_zero() {
-                if self.clients.values().any(|c| c.sink.queued_bytes() > 0) {
-                    log::warn!("shutdown: some subscribers did not read their last events");
-                }
+                self.cut_off_subscribers();
                 break;
             }
             if self.poll.poll(&mut events, Some(left)).is_err() {
@@ -1524,6 +1606,7 @@ impl Supervisor {
                     }
                 } else if self.clients.contains_key(&event.token()) {
                     self.handle_client(event.token(), event.is_error());
+                    deadline = Instant::now() + FINAL_FLUSH;
                 }
             }
         }
@@ -1564,13 +1647,118 @@ fn fs_open_self_fd(fd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
     rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, rustix::fs::Mode::empty())
 }
 
-/// A journal line as a replayable event (its type and id read back).
-fn journal_event(seq: u64, line: Vec<u8>) -> Option<(u64, Rc<Published>)> {
-    let value: Value = serde_json::from_slice(&line).ok()?;
-    let kind: EventType = serde_json::from_value(value.get("type")?.clone()).ok()?;
-    let id: Rc<str> = value.get("id")?.as_str()?.into();
-    let instance = value.get("instance").and_then(Value::as_u64).unwrap_or(0);
-    Some((seq, Rc::new(Published { seq, kind, id, instance, line: line.into() })))
+/// Writes what a client has queued and, for a subscriber catching up,
+/// queues more of its replay, a pipe's worth at a time, until the pipe is
+/// full, its turn is over, or it reaches the live stream.
+fn feed(client: &mut Client, log: &EventLog, journal: &Journal) -> Fed {
+    let mut seen = 0;
+    loop {
+        match client.sink.flush() {
+            Flushed::Done => return Fed::Done,
+            Flushed::Pending => return Fed::Pending,
+            Flushed::Drained => {}
+        }
+        let (Some(catch_up), Some(filter)) = (client.catch_up.as_mut(), client.filter.as_mut()) else {
+            return Fed::Drained;
+        };
+        if seen >= REPLAY_TURN {
+            return Fed::Again;
+        }
+        match refill(catch_up, filter, &mut client.sink, log, journal) {
+            Ok(Some(bytes)) => seen += bytes,
+            Ok(None) => {
+                // Live from here: everything up to `next` was queued, and
+                // what is published next is fanned out to it.
+                filter.after = filter.after.max(catch_up.next - 1);
+                client.catch_up = None;
+            }
+            Err(next) => {
+                log::warn!("subscriber {}: events from seq {next} are no longer in the journal", client.path);
+                client.sink.cut_off(Some(next));
+                client.catch_up = None;
+            }
+        }
+    }
+}
+
+/// Queues the next part of a replay, about [`REPLAY_CHUNK`] bytes looked
+/// at, within the sink's limit. Returns the bytes looked at, None once caught
+/// up with what is published, or Err(seq) when the events from seq on are
+/// gone (rotated out of the journal, or never written to it).
+fn refill(
+    catch_up: &mut CatchUp,
+    filter: &Filter,
+    sink: &mut Sink,
+    log: &EventLog,
+    journal: &Journal,
+) -> std::result::Result<Option<usize>, u64> {
+    let mut seen = 0;
+    while let Some(event) = catch_up.retained.front() {
+        if seen >= REPLAY_CHUNK || !sink.has_room(event.line.len()) {
+            return Ok(Some(seen));
+        }
+        seen += event.line.len();
+        sink.push_replay(catch_up.retained.pop_front().expect("looked at"));
+    }
+    if catch_up.next > log.last_published() {
+        return Ok(None);
+    }
+    if let Some(recent) = log.recent_from(catch_up.next) {
+        catch_up.cursor = None;
+        for event in recent {
+            let wanted = filter.matches(event.seq, event.kind, &event.id);
+            if seen >= REPLAY_CHUNK || (wanted && !sink.has_room(event.line.len())) {
+                break;
+            }
+            seen += event.line.len();
+            if wanted {
+                sink.push_replay(event.clone());
+            }
+            catch_up.next = event.seq + 1;
+        }
+        return Ok(Some(seen));
+    }
+    // Older than the ring: from the journal, a chunk of lines at a time.
+    let cursor = match catch_up.cursor.as_mut() {
+        Some(cursor) => cursor,
+        None => catch_up.cursor.insert(journal.seek(catch_up.next).map_err(|e| {
+            log::warn!("{e}");
+            catch_up.next
+        })?),
+    };
+    let mut ahead = *cursor;
+    let lines = match journal.read(&mut ahead, REPLAY_CHUNK) {
+        Ok(journal::Lines::Some(lines)) => lines,
+        // The ring does not reach back and the journal has nothing more:
+        // those events were never journaled (a failed write).
+        Ok(journal::Lines::End) | Ok(journal::Lines::Gone) => return Err(catch_up.next),
+        Err(e) => {
+            log::warn!("{e}");
+            return Err(catch_up.next);
+        }
+    };
+    for (seq, line) in lines {
+        seen += line.len();
+        if seq < catch_up.next {
+            continue;
+        }
+        if seq > catch_up.next {
+            return Err(catch_up.next);
+        }
+        if let Some(event) = Published::from_line(seq, line) {
+            if filter.matches(seq, event.kind, &event.id) {
+                if !sink.has_room(event.line.len()) {
+                    // No room: this chunk is read again from the cursor,
+                    // which has not moved; what was queued is skipped by seq.
+                    return Ok(Some(seen));
+                }
+                sink.push_replay(Rc::new(event));
+            }
+        }
+        catch_up.next = seq + 1;
+    }
+    *cursor = ahead;
+    Ok(Some(seen))
 }
 
 /// Blocks SIGCHLD and returns a signalfd for it. SIGCHLD goes through a
