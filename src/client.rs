@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -118,14 +118,24 @@ pub enum Next {
     End,
     /// The deadline passed.
     Timeout,
-    /// The extra fd given to `next_line` became readable.
+    /// The extra fd given to `next_line` is ready (see [`Watch`]).
     Interrupted,
+}
+
+/// Another fd for `next_line` to watch besides the subscription.
+#[derive(Clone, Copy)]
+pub enum Watch<'a> {
+    /// Ready when it has input (a signal pipe).
+    Readable(&'a OwnedFd),
+    /// Ready when its other end is gone: our stdout, whose reader may leave
+    /// (`| head -1`) while no event is due to be printed.
+    Closed(BorrowedFd<'a>),
 }
 
 impl Subscription {
     /// Waits for the next line until `deadline`; `extra` is another fd to
-    /// watch (a signal pipe), reported as [`Next::Interrupted`].
-    pub fn next_line(&mut self, deadline: Option<Instant>, extra: Option<&OwnedFd>) -> Result<Next, ClientError> {
+    /// watch, reported as [`Next::Interrupted`].
+    pub fn next_line(&mut self, deadline: Option<Instant>, extra: Option<Watch>) -> Result<Next, ClientError> {
         loop {
             if let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=pos).collect();
@@ -169,7 +179,7 @@ enum Ready {
 fn wait_readable(
     fd: &OwnedFd,
     supervisor: Option<&OwnedFd>,
-    extra: Option<&OwnedFd>,
+    extra: Option<Watch>,
     deadline: Option<Instant>,
 ) -> Result<Ready, ClientError> {
     loop {
@@ -177,8 +187,12 @@ fn wait_readable(
         if let Some(s) = supervisor {
             fds.push(PollFd::new(s, PollFlags::IN));
         }
-        if let Some(x) = extra {
-            fds.push(PollFd::new(x, PollFlags::IN));
+        match extra {
+            Some(Watch::Readable(x)) => fds.push(PollFd::new(x, PollFlags::IN)),
+            // No events asked: poll(2) reports POLLERR (a pipe whose reader
+            // left) and POLLHUP regardless.
+            Some(Watch::Closed(x)) => fds.push(PollFd::from_borrowed_fd(x, PollFlags::empty())),
+            None => {}
         }
         let timeout = match deadline {
             Some(d) => {

@@ -1067,6 +1067,24 @@ fn event_follow_ends_quietly_when_stdout_closes() {
 }
 
 #[test]
+fn event_follow_ends_when_stdout_closes_with_no_event_due() {
+    let sv = Sv::start();
+    let a = sv.run_to_stop("a", &["true"]);
+    let mut follow =
+        Bg::spawn(&sv, &["event", "--follow", "--since", &(seq(&a) - 1).to_string()], Stdio::piped(), Stdio::piped());
+    let mut err = Lines::new(follow.child().stderr.take().unwrap());
+    {
+        let mut out = Lines::new(follow.child().stdout.take().unwrap());
+        assert_eq!(parse(&out.next_line().expect("the replayed event")), a);
+    }
+    // Nothing more happens on the root: it must see by itself that nobody
+    // reads its stdout any more, as `event --follow | head -1` needs.
+    assert_eq!(follow.wait(), Some(0), "`event --follow` did not end with 0 when its reader left");
+    let stderr: Vec<String> = std::iter::from_fn(|| err.next_line()).collect();
+    assert!(stderr.is_empty(), "stderr: {stderr:?}");
+}
+
+#[test]
 fn wait_on_a_stopped_container_exits_with_its_status() {
     let sv = Sv::start();
     sv.run_to_stop("w", &["sh", "-c", "exit 42"]);

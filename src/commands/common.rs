@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError, Next, Subscription};
+use crate::client::{Client, ClientError, Next, Subscription, Watch};
 
 /// Exit code: the operation failed.
 pub const FAILED: i32 = 1;
@@ -126,7 +126,7 @@ pub fn wait_for_stop(
 ) -> Result<i32, ClientError> {
     let mut status = None;
     loop {
-        match sub.next_line(None, forward.map(SignalForwarder::fd))? {
+        match sub.next_line(None, forward.map(|f| Watch::Readable(f.fd())))? {
             Next::Line(line) => {
                 let event: Value = serde_json::from_str(&line).map_err(|_| ClientError::Protocol(line.clone()))?;
                 if event["type"] == "overflow" {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::common::{parse_duration, print_line, report, FAILED, TIMED_OUT};
-use crate::client::{Client, Next};
+use crate::client::{Client, Next, Watch};
 
 /// Print lifecycle events as JSON lines on stdout.
 ///
@@ -101,8 +101,9 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
                 return FAILED;
             }
         };
+        let stdout = rustix::stdio::stdout();
         loop {
-            match sub.next_line(deadline, None) {
+            match sub.next_line(deadline, Some(Watch::Closed(stdout))) {
                 Ok(Next::Line(line)) => {
                     let event: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                     if event["type"] == "overflow" {
@@ -125,7 +126,9 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
                     report("event", &"the supervisor shut down before a matching event");
                     return FAILED;
                 }
-                Ok(Next::Timeout) | Ok(Next::Interrupted) => return if printed { 0 } else { TIMED_OUT },
+                // Nobody reads our stdout any more (`| head -1`): done, quietly.
+                Ok(Next::Interrupted) => return 0,
+                Ok(Next::Timeout) => return if printed { 0 } else { TIMED_OUT },
                 Err(e) => {
                     report("event", &e);
                     return FAILED;
