@@ -25,9 +25,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The OCI runtime-spec version whose state format `state` follows.
 pub const OCI_VERSION: &str = "1.2.0";
 
-/// One request, tagged by its `op` field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+/// One request, named by its `op` field.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// Create a container (and start it when `start` is true).
     Create(CreateRequest),
@@ -41,10 +40,8 @@ pub enum Request {
         /// The container's id.
         id: String,
         /// Number or name; SIGTERM when absent.
-        #[serde(default)]
         signal: Option<SignalArg>,
         /// Signal the whole process group.
-        #[serde(default)]
         all: bool,
     },
     /// Forget a stopped container (with `force`: kill it first).
@@ -52,7 +49,6 @@ pub enum Request {
         /// The container's id.
         id: String,
         /// Kill and reap a container that is not stopped yet.
-        #[serde(default)]
         force: bool,
     },
     /// The OCI state of one container.
@@ -70,7 +66,67 @@ pub enum Request {
     Version {},
 }
 
+/// The ops, as `op` names them.
+const OPS: &str = "create, start, kill, delete, state, list, subscribe, shutdown, version";
+
+/// The fields of `start` and `state`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdFields {
+    id: String,
+}
+
+/// The fields of `kill`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillFields {
+    id: String,
+    #[serde(default)]
+    signal: Option<SignalArg>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// The fields of `delete`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteFields {
+    id: String,
+    #[serde(default)]
+    force: bool,
+}
+
+/// The fields of `list`, `shutdown` and `version`: none.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
 impl Request {
+    /// Builds the request an `op` names from the rest of its fields; errors
+    /// name the field at fault ("field \"id\": invalid type: integer `5`,
+    /// expected a string").
+    fn from_fields(op: &str, fields: Map<String, Value>) -> Result<Request> {
+        let fields = Value::Object(fields);
+        Ok(match op {
+            "create" => Request::Create(typed(fields)?),
+            "start" => Request::Start { id: typed::<IdFields>(fields)?.id },
+            "kill" => {
+                let KillFields { id, signal, all } = typed(fields)?;
+                Request::Kill { id, signal, all }
+            }
+            "delete" => {
+                let DeleteFields { id, force } = typed(fields)?;
+                Request::Delete { id, force }
+            }
+            "state" => Request::State { id: typed::<IdFields>(fields)?.id },
+            "list" => typed::<NoFields>(fields).map(|_| Request::List {})?,
+            "subscribe" => Request::Subscribe(typed(fields)?),
+            "shutdown" => typed::<NoFields>(fields).map(|_| Request::Shutdown {})?,
+            "version" => typed::<NoFields>(fields).map(|_| Request::Version {})?,
+            other => return Err(Error::new(ErrorKind::BadRequest, format!("unknown op {other:?} (the ops: {OPS})"))),
+        })
+    }
+
     /// The `op` name, for log lines.
     pub fn op(&self) -> &'static str {
         match self {
@@ -153,13 +209,35 @@ pub struct SubscribeRequest {
 }
 
 /// A signal given as a number or a name.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum SignalArg {
     /// 9
     Number(i64),
     /// "KILL", "SIGKILL"
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for SignalArg {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SignalArg;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a signal number or name (9, \"KILL\", \"SIGKILL\")")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<SignalArg, E> {
+                Ok(SignalArg::Number(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<SignalArg, E> {
+                Ok(SignalArg::Number(i64::try_from(n).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> std::result::Result<SignalArg, E> {
+                Ok(SignalArg::Name(name.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl SignalArg {
@@ -239,11 +317,22 @@ fn request_from_map(mut map: Map<String, Value>) -> Result<Request> {
             map.entry(key).or_insert(value);
         }
     }
-    if !map.contains_key("op") {
-        return Err(Error::new(ErrorKind::BadRequest, "request has no \"op\" field"));
+    match map.remove("op") {
+        Some(Value::String(op)) => Request::from_fields(&op, map),
+        Some(_) => Err(Error::new(ErrorKind::BadRequest, "field \"op\" must be a string")),
+        None => Err(Error::new(ErrorKind::BadRequest, format!("request has no \"op\" field (the ops: {OPS})"))),
     }
-    serde_json::from_value(Value::Object(map))
-        .map_err(|e| Error::new(ErrorKind::BadRequest, format!("invalid request: {e}")))
+}
+
+/// Deserializes an op's fields, naming the one at fault in the error.
+fn typed<T: serde::de::DeserializeOwned>(fields: Value) -> Result<T> {
+    serde_path_to_error::deserialize(fields).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message =
+            if path == "." { format!("invalid request: {inner}") } else { format!("field {path:?}: {inner}") };
+        Error::new(ErrorKind::BadRequest, message)
+    })
 }
 
 /// Reads the JSON object of a spec file: absolute, a regular file, not a
@@ -370,6 +459,22 @@ mod tests {
             r#"{"op":"subscribe","path":"/x","types":["exploded"]}"#,
         ] {
             assert_eq!(parse(bad).request.unwrap_err().kind(), ErrorKind::BadRequest, "{bad}");
+        }
+        // Type errors name the field (and the signal, what it takes).
+        for (bad, said) in [
+            (r#"{"op":"start","id":5}"#, r#"field "id": invalid type: integer `5`, expected a string"#),
+            (r#"{"op":"create","id":"a","argv":["true"],"start":"yes"}"#, r#"field "start": invalid type"#),
+            (r#"{"op":"create","id":"a","env":{"A":1}}"#, r#"field "env.A": invalid type"#),
+            (
+                r#"{"op":"kill","id":"a","signal":true}"#,
+                r#"field "signal": invalid type: boolean `true`, expected a signal number or name"#,
+            ),
+            (r#"{"op":"subscribe","path":5}"#, r#"field "path": invalid type"#),
+            (r#"{"op":"fly"}"#, r#"unknown op "fly" (the ops: create,"#),
+            (r#"{"op":"list","bogus":true}"#, "unknown field `bogus`"),
+        ] {
+            let message = parse(bad).request.unwrap_err().to_string();
+            assert!(message.contains(said), "{bad}: {message}");
         }
         let long = format!(r#"{{"op":"version","reply":"/r","pad":"{}"}}"#, "x".repeat(MAX_LINE));
         let r = parse(&long);

@@ -609,7 +609,10 @@ impl Supervisor {
 
     // ---- requests ----
 
+    /// The container of an id: bad_request for an id no container can
+    /// have, not_found for one that none has.
     fn lookup(&self, id: &str) -> Result<&Container> {
+        protocol::validate_id(id)?;
         self.by_id
             .get(id)
             .and_then(|i| self.containers.get(i))
