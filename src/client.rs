@@ -240,7 +240,11 @@ impl Client {
 
     /// Writes one request line to `ctl` (by file when it is too long).
     fn send(&self, request: &Value, spec: &mut Option<tempfile_spec::SpecFile>) -> Result<(), ClientError> {
-        let mut line = serde_json::to_vec(request).expect("a request serializes");
+        // A leading newline ends whatever another writer left unterminated
+        // in the FIFO, which would otherwise swallow this request's start
+        // (the supervisor skips empty lines).
+        let mut line = b"\n".to_vec();
+        serde_json::to_writer(&mut line, request).expect("a request serializes");
         if line.len() + 1 > MAX_LINE {
             // Too long to be atomic on the FIFO: send the fields by file.
             let file = tempfile_spec::SpecFile::write(&self.root, request)?;
@@ -249,7 +253,8 @@ impl Client {
             if let Some(reply) = request.get("reply") {
                 short.insert("reply".into(), reply.clone());
             }
-            line = serde_json::to_vec(&Value::Object(short)).expect("serializes");
+            line = b"\n".to_vec();
+            serde_json::to_writer(&mut line, &Value::Object(short)).expect("serializes");
             *spec = Some(file);
         }
         line.push(b'\n');

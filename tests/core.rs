@@ -688,6 +688,23 @@ fn bad_requests_get_clear_errors_and_the_supervisor_keeps_serving() {
     // A line far over what is held is discarded; the next one is served.
     client.send_raw(&vec![b'x'; 200 * 1024]);
     assert_serving(&sv);
+    // Even then its reply path, when it comes before the bulk, hears why.
+    let huge = format!(r#"{{"reply":"{}","op":"version","pad":"{}"}}"#, path_str(&fifo), "x".repeat(200 * 1024));
+    client.send_raw(huge.as_bytes());
+    let reply: Value = serde_json::from_str(&line(&mut fifo_sub)).unwrap();
+    assert_error(&reply, "too_long", "more than");
+    assert_serving(&sv);
+
+    // An unterminated fragment left in the FIFO by one writer does not
+    // swallow the next client's request (the CLI starts its line with a
+    // newline): the CLI gets its answer rather than waiting forever.
+    let mut ctl = std::fs::OpenOptions::new().write(true).open(sv.root.join("ctl")).unwrap();
+    std::io::Write::write_all(&mut ctl, b"garbage{\"op\"").unwrap();
+    drop(ctl);
+    let out = sv.cli(&["state", "ghost"]);
+    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no container \"ghost\""), "{}", stderr(&out));
+    assert!(sv.log().contains("garbage"), "the fragment is logged as malformed");
 
     // 50 writers at once, 20 requests each, every one answered.
     let answered: usize = std::thread::scope(|s| {
@@ -891,6 +908,11 @@ fn unsafe_roots_and_control_fifos_are_refused() {
     assert!(message.contains("writable by others"), "{message}");
     assert_eq!(std::fs::metadata(&open).unwrap().permissions().mode() & 0o777, 0o777);
     assert!(!open.join("ctl").exists() && !open.join("lock").exists(), "it touched a refused root");
+    let shared = dir.0.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let message = refused(&shared);
+    assert!(message.contains("writable by its group"), "{message}");
 
     // Another user's root: a directory we give away when we can, else /.
     let theirs = if rustix::process::geteuid().is_root() {

@@ -300,11 +300,30 @@ pub fn parse_line(line: &[u8]) -> Parsed {
     Parsed { reply, request: request_from_map(map) }
 }
 
+/// The reply path of a line too long to be parsed: the string after the
+/// first `"reply":` in what was held of it, if any (best effort, so that the
+/// client hears `too_long` rather than nothing).
+pub fn reply_path_in(held: &[u8]) -> Option<String> {
+    let key = b"\"reply\"";
+    let at = held.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = held[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
+    serde_json::Deserializer::from_slice(rest).into_iter::<String>().next()?.ok()
+}
+
 /// The error for a line over [`MAX_LINE`].
 pub fn too_long(len: usize) -> Error {
+    too_long_error(format!("{len} bytes"))
+}
+
+/// The error for a line still unterminated after `held` bytes.
+pub fn too_long_unterminated(held: usize) -> Error {
+    too_long_error(format!("more than {held} bytes"))
+}
+
+fn too_long_error(size: String) -> Error {
     Error::new(
         ErrorKind::TooLong,
-        format!("request line of {len} bytes is over the limit of {MAX_LINE}; send large specs by file (\"spec\": \"/abs/path.json\")"),
+        format!("request line of {size} is over the limit of {MAX_LINE}; send large specs by file (\"spec\": \"/abs/path.json\")"),
     )
 }
 

@@ -67,7 +67,8 @@ pub fn prepare_root(root: &Path) -> Result<()> {
         return Err(Error::new(
             ErrorKind::BadPath,
             format!(
-                "root {shown} is writable by others (mode {:o}); refusing it (chmod 700 it)",
+                "root {shown} is writable by {} (mode {:o}); refusing it (chmod 700 it)",
+                if stat.st_mode & 0o002 != 0 { "others" } else { "its group" },
                 stat.st_mode & 0o7777
             ),
         ));

@@ -477,7 +477,10 @@ impl Supervisor {
         self.ctl_buf.drain(..start);
         if self.ctl_buf.len() > MAX_HELD_LINE {
             if !self.ctl_discarding {
-                log::warn!("request: {} (discarded up to the next newline)", protocol::too_long(self.ctl_buf.len()));
+                let err = protocol::too_long_unterminated(self.ctl_buf.len());
+                log::warn!("request: {err} (discarded up to the next newline)");
+                let reply = protocol::reply_path_in(&self.ctl_buf);
+                self.reply(reply, Err(err));
             }
             self.ctl_buf.clear();
             self.ctl_discarding = true;
