@@ -820,6 +820,32 @@ fn state_reports_the_oci_fields_and_the_exit() {
 // ---- shutdown ----
 
 #[test]
+fn a_supervisor_started_with_sigterm_blocked_still_shuts_down_on_it() {
+    let mut sv = Sv::start_masked(&[libc::SIGTERM, libc::SIGINT]);
+    let mut sub = sv.subscribe(json!({"types": ["stopped"]}));
+    start(&sv, "s", &["sleep", "1000"]);
+    assert_eq!(sv.stop_with(libc::SIGTERM), Some(0), "{}", sv.log());
+    let ev = sub.next().expect("stopped at shutdown");
+    assert_eq!(ev["signal"], "SIGTERM", "{ev}");
+}
+
+#[test]
+fn sighup_and_sigquit_shut_down_cleanly_and_sigusr1_is_ignored() {
+    for signal in [libc::SIGHUP, libc::SIGQUIT] {
+        let mut sv = Sv::start();
+        unsafe { libc::kill(sv.pid, libc::SIGUSR1) };
+        unsafe { libc::kill(sv.pid, libc::SIGUSR2) };
+        assert_serving(&sv);
+        let mut sub = sv.subscribe(json!({"types": ["stopped"]}));
+        start(&sv, "s", &["sleep", "1000"]);
+        assert_eq!(sv.stop_with(signal), Some(0), "signal {signal}: {}", sv.log());
+        let ev = sub.next().expect("stopped at shutdown");
+        assert_eq!(ev["signal"], "SIGTERM", "{ev}");
+        assert!(sv.log().contains("SIGUSR1 received: ignored"), "{}", sv.log());
+    }
+}
+
+#[test]
 fn sigterm_to_the_supervisor_stops_everything_and_it_exits_0() {
     let mut sv = Sv::start();
     let stubborn_out = sv.dir.0.join("stubborn");

@@ -11,8 +11,10 @@ use super::common::{parse_duration, parse_size, FAILED, PIDVISOR_FAILED};
 ///
 /// It takes the root's lock, creates the control FIFO `ctl`, becomes the
 /// subreaper of everything it launches and serves requests until SIGTERM,
-/// SIGINT or `pidvisor shutdown`. Then it sends SIGTERM to every running
-/// container, SIGKILL after --grace, reaps everything and exits 0.
+/// SIGINT, SIGHUP (unless started ignoring it, as by nohup), SIGQUIT or
+/// `pidvisor shutdown`. Then it sends SIGTERM to every running container,
+/// SIGKILL after --grace, reaps everything and exits 0. SIGUSR1 and SIGUSR2
+/// are ignored.
 ///
 /// With a command after `--` (init mode), it runs that command as container
 /// `main`, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and

@@ -62,6 +62,25 @@ pub fn parse_signal(text: &str) -> Option<i32> {
     SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, number)| *number)
 }
 
+/// Empties this thread's signal mask.
+pub fn unblock_all() {
+    // SAFETY: plain libc calls on a local, initialized sigset_t.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// Whether a signal's disposition is SIG_IGN (as `nohup` leaves SIGHUP).
+pub fn is_ignored(signal: i32) -> bool {
+    // SAFETY: reads the disposition into a zeroed sigaction we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,15 @@ const MAX_HELD_LINE: usize = 64 * 1024;
 /// The signals forwarded to `main` in init mode.
 const FORWARDED: [i32; 7] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
 
+/// The signals that shut a supervisor down (not in init mode): SIGHUP too,
+/// so that a supervisor whose terminal closes stops its containers rather
+/// than leave them orphaned, and SIGQUIT.
+const SHUTDOWN_SIGNALS: [i32; 4] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT];
+
+/// Signals a supervisor ignores (not in init mode), where their default
+/// would kill it without a shutdown.
+const IGNORED_SIGNALS: [i32; 2] = [SIGUSR1, SIGUSR2];
+
 /// How long the supervisor waits at exit for a subscriber that reads
 /// nothing before it cuts it off.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -304,11 +313,19 @@ impl Supervisor {
         let (journal, last_seq) = Journal::open(&config.root, config.journal_size)?;
         let ctl = root::open_ctl(&config.root)?;
         let poll = Poll::new().map_err(|e| Error::os(ErrorKind::System, "create epoll", e))?;
+        // A mask inherited from whoever started us would leave SIGTERM
+        // undelivered; the loop wants every signal it handles.
+        crate::signals::unblock_all();
         let child_exits = child_exit_fd()?;
-        let mut wanted = vec![SIGTERM, SIGINT];
-        if config.init.is_some() {
-            wanted.extend(FORWARDED);
-        }
+        let wanted: Vec<i32> = match config.init {
+            Some(_) => FORWARDED.to_vec(),
+            // SIGHUP as `nohup` left it: ignored stays ignored.
+            None => SHUTDOWN_SIGNALS
+                .into_iter()
+                .chain(IGNORED_SIGNALS)
+                .filter(|&sig| sig != SIGHUP || !crate::signals::is_ignored(sig))
+                .collect(),
+        };
         let mut signals =
             Signals::new(&wanted).map_err(|e| Error::os(ErrorKind::System, "install signal handlers", e))?;
         poll.registry()
@@ -1202,11 +1219,11 @@ impl Supervisor {
         for signal in pending {
             match signal {
                 _ if self.config.init.is_some() => self.forward(signal),
-                SIGTERM | SIGINT => {
+                _ if SHUTDOWN_SIGNALS.contains(&signal) => {
                     log::info!("{} received: shutting down", crate::signals::signal_name(signal));
                     self.begin_shutdown(None);
                 }
-                _ => log::debug!("signal {signal} ignored"),
+                _ => log::info!("{} received: ignored", crate::signals::signal_name(signal)),
             }
         }
     }

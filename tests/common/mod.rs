@@ -74,6 +74,18 @@ impl Sv {
 
     /// Starts a supervisor on a given root (kept in `dir`).
     pub fn start_on(dir: TempDir, root: PathBuf, args: &[&str], init: &[&str]) -> Sv {
+        Sv::launch(dir, root, args, init, &[])
+    }
+
+    /// Starts a supervisor whose signal mask blocks `blocked` when it
+    /// starts, as a careless parent may leave it.
+    pub fn start_masked(blocked: &[i32]) -> Sv {
+        let dir = TempDir::new("sv");
+        let root = dir.0.join("root");
+        Sv::launch(dir, root, &["--grace", "2s"], &[], blocked)
+    }
+
+    fn launch(dir: TempDir, root: PathBuf, args: &[&str], init: &[&str], blocked: &[i32]) -> Sv {
         let socket_path = dir.0.join(format!("notify-{}", rand_suffix()));
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         let log = File::create(dir.0.join("supervisor.log")).unwrap();
@@ -81,6 +93,23 @@ impl Sv {
         cmd.arg("--root").arg(&root).arg("supervise").arg("--notify").args(args);
         if !init.is_empty() {
             cmd.arg("--").args(init);
+        }
+        if !blocked.is_empty() {
+            let blocked = blocked.to_vec();
+            // SAFETY: between fork and exec the hook only calls
+            // sigemptyset, sigaddset and sigprocmask, which are
+            // async-signal-safe, on a set of its own.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    for &sig in &blocked {
+                        libc::sigaddset(&mut set, sig);
+                    }
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
         }
         cmd.env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "debug")
