@@ -338,6 +338,30 @@ fn kill_before_start_stops_it_without_started_and_start_is_then_refused() {
     assert_eq!(next_of(&mut sub, "early")["type"], "deleted");
 }
 
+#[test]
+fn a_start_overtaken_by_a_kill_is_answered_with_the_real_status() {
+    let sv = Sv::start();
+    let mut sub = sv.subscribe(json!({"ids": ["k"]}));
+    // Its stdin FIFO has no writer: the child blocks opening it, before it
+    // can read its start byte, so the kill below comes first for certain.
+    let gate = sv.dir.0.join("gate");
+    rustix::fs::mknodat(rustix::fs::CWD, &gate, rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+    create_with(&sv, "k", &["true"], json!({"stdin": path_str(&gate)}));
+    let reply_path = sv.dir.0.join("reply");
+    let mut reply = fifo_lines(&reply_path);
+    let start = json!({"op": "start", "id": "k", "reply": path_str(&reply_path)});
+    sv.client().send_raw(start.to_string().as_bytes());
+    // Pending (the child is blocked before its start byte): a second start is refused.
+    assert_error(&sv.request(json!({"op": "start", "id": "k"})), "wrong_state", "being started already");
+    assert_eq!(sv.request(json!({"op": "kill", "id": "k", "signal": "KILL"}))["ok"], true);
+    let answer: Value = serde_json::from_str(&line(&mut reply)).unwrap();
+    assert_error(&answer, "wrong_state", "before it could start");
+    assert_eq!(answer["status"], 137, "{answer}");
+    let events = events_until_stopped(&mut sub, "k");
+    assert_eq!(types(&events), ["created", "stopped"], "{events:?}");
+    assert_eq!(events.last().unwrap()["status"], 137);
+}
+
 // ---- orphans and zombies ----
 
 #[test]

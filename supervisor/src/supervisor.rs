@@ -1007,8 +1007,14 @@ impl Supervisor {
                 (Error::new(ErrorKind::ExecFailed, format!("container {:?}: {message}", &*container.id)), code)
             }
             ExecOutcome::NeverStarted | ExecOutcome::Pending => {
+                let Some(exit) = &container.exit else {
+                    // It died before its start byte (a kill won the race):
+                    // the reply waits for the reap, which says how.
+                    container.pending_start = Some(pending);
+                    return;
+                };
                 let message = format!("container {:?} stopped before it could start", &*container.id);
-                (Error::new(ErrorKind::WrongState, message), 0)
+                (Error::new(ErrorKind::WrongState, message), exit.status)
             }
             ExecOutcome::SetupFailed(errno) => {
                 let err = std::io::Error::from_raw_os_error(errno);
@@ -1290,6 +1296,8 @@ impl Supervisor {
         // whole outcome now that the process is gone). Without a start, the
         // pipe may still name a setup failure.
         let container = self.containers.get_mut(&instance).expect("still there");
+        // Known from here, for a start answered at the reap.
+        container.exit = Some(exit.clone());
         if let Some(pipe) = &container.status_pipe {
             let outcome = spawn::read_exec_outcome(pipe, &mut container.status_seen);
             if container.pending_start.is_some() {
@@ -1300,8 +1308,9 @@ impl Supervisor {
             }
         } else if container.pending_start.is_some() {
             // A runtime container whose init exited before `runtime start`
-            // returned: it was started.
-            self.resolve_start(instance, ExecOutcome::Started);
+            // returned was started; any other died before its start byte.
+            let outcome = if container.runtime.is_some() { ExecOutcome::Started } else { ExecOutcome::NeverStarted };
+            self.resolve_start(instance, outcome);
         }
         let container = self.containers.get_mut(&instance).expect("still there");
         let pidfd = container.pidfd.take().expect("checked above");
