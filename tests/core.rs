@@ -748,6 +748,26 @@ fn bad_requests_get_clear_errors_and_the_supervisor_keeps_serving() {
     assert_eq!(ev["status"], 6);
 }
 
+#[test]
+fn a_malformed_id_is_a_usage_error_before_anything_starts() {
+    let dir = TempDir::new("badid");
+    let root = dir.0.join("root");
+    let cases: [&[&str]; 6] = [
+        &["event", "--type", "created", "bad id!"],
+        &["create", "../x", "--", "true"],
+        &["run", ".hidden", "--", "true"],
+        &["state", "a/b"],
+        &["kill", "", "KILL"],
+        &["wait", "x y"],
+    ];
+    for args in cases {
+        let out = run_with_deadline(std::process::Command::new(bin()).arg("--root").arg(&root).args(args));
+        assert_eq!(exit_code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid container id"), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!root.exists(), "a usage error started a supervisor");
+}
+
 // ---- delete ----
 
 #[test]

@@ -31,6 +31,12 @@ pub fn print_line(line: &str) {
     }
 }
 
+/// Checks a container id on the command line, so that a malformed one is
+/// a usage error (status 2) before anything is sent or started.
+pub fn parse_id(text: &str) -> Result<String, String> {
+    pidvisor_supervisor::protocol::validate_id(text).map(|()| text.to_string()).map_err(|e| e.to_string())
+}
+
 /// Parses "10s", "500ms", "2m", "1h" or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

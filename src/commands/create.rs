@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::common::{report, wait_for_stop, write_pid_file, CreateFields, SignalForwarder, FAILED, PIDVISOR_FAILED};
+use super::common::{
+    parse_id, report, wait_for_stop, write_pid_file, CreateFields, SignalForwarder, FAILED, PIDVISOR_FAILED,
+};
 use crate::client::Client;
 
 /// Create a container: its process is set up but does not exec until
@@ -39,6 +41,7 @@ pub struct Args {
     pub options: Options,
 
     /// The container's id: 1-64 of [A-Za-z0-9_.-], starting alphanumeric.
+    #[arg(value_parser = parse_id)]
     pub id: String,
 
     /// The command and its arguments (not with --bundle).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::common::{report, FAILED};
+use super::common::{parse_id, report, FAILED};
 use crate::client::Client;
 
 /// Delete a stopped container: its record and retained events are dropped
@@ -24,6 +24,7 @@ pub struct Args {
     force: bool,
 
     /// The container's id.
+    #[arg(value_parser = parse_id)]
     id: String,
 }
 

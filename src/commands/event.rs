@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::common::{parse_duration, print_line, report, FAILED, TIMED_OUT};
+use super::common::{parse_duration, parse_id, print_line, report, FAILED, TIMED_OUT};
 use crate::client::{Client, Next, Watch};
 
 /// Print lifecycle events as JSON lines on stdout.
@@ -48,6 +48,7 @@ pub struct Args {
     timeout: Option<Duration>,
 
     /// Only events of these containers (their retained events come first).
+    #[arg(value_parser = parse_id)]
     ids: Vec<String>,
 }
 

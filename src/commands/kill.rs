@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::common::{report, FAILED};
+use super::common::{parse_id, report, FAILED};
 use crate::client::Client;
 
 /// Send a signal to a container's process (default SIGTERM).
@@ -24,6 +24,7 @@ pub struct Args {
     all: bool,
 
     /// The container's id.
+    #[arg(value_parser = parse_id)]
     id: String,
 
     /// The signal: a number or a name [default: SIGTERM].

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::common::{report, wait_for_stop, write_pid_file, SignalForwarder, PIDVISOR_FAILED};
+use super::common::{parse_id, report, wait_for_stop, write_pid_file, SignalForwarder, PIDVISOR_FAILED};
 use super::create::Options;
 use crate::client::{failed, Client, ClientError};
 
@@ -32,6 +32,7 @@ pub struct Args {
     options: Options,
 
     /// The container's id: 1-64 of [A-Za-z0-9_.-], starting alphanumeric.
+    #[arg(value_parser = parse_id)]
     id: String,
 
     /// The command and its arguments (not with --bundle).

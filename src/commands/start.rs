@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::common::{report, FAILED};
+use super::common::{parse_id, report, FAILED};
 use crate::client::Client;
 
 /// Start a created container: its process execs its command.
@@ -19,6 +19,7 @@ use crate::client::Client;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The container's id.
+    #[arg(value_parser = parse_id)]
     id: String,
 }
 

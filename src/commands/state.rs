@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::common::{print_line, report, FAILED};
+use super::common::{parse_id, print_line, report, FAILED};
 use crate::client::Client;
 
 /// Print a container's state as JSON: the OCI state (ociVersion, id,
@@ -17,6 +17,7 @@ use crate::client::Client;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The container's id.
+    #[arg(value_parser = parse_id)]
     id: String,
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::common::{report, wait_for_stop, PIDVISOR_FAILED};
+use super::common::{parse_id, report, wait_for_stop, PIDVISOR_FAILED};
 use crate::client::Client;
 
 /// Wait for a container to stop and exit with its status.
@@ -19,6 +19,7 @@ use crate::client::Client;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The container's id.
+    #[arg(value_parser = parse_id)]
     id: String,
 }
 
