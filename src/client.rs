@@ -108,6 +108,8 @@ pub struct Subscription {
     supervisor: Option<OwnedFd>,
     /// Ids named in the request that had no container at subscribe time.
     pub unknown: Vec<String>,
+    /// The seq the next event will get, as of the subscription.
+    pub next: u64,
 }
 
 /// What waiting for a line gave.
@@ -298,7 +300,7 @@ impl Client {
         let supervisor = self.supervisor_pidfd();
         let mut spec = None;
         self.send(request, &mut spec)?;
-        let mut sub = Subscription { fd, pending: Vec::new(), supervisor, unknown: Vec::new() };
+        let mut sub = Subscription { fd, pending: Vec::new(), supervisor, unknown: Vec::new(), next: 0 };
         match sub.next_line(deadline, None)? {
             Next::Line(line) => serde_json::from_str(&line).map_err(|_| ClientError::Protocol(line)),
             Next::End => Err(ClientError::SupervisorGone),
@@ -329,9 +331,10 @@ impl Client {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default();
+        let next = reply.get("next").and_then(Value::as_u64).unwrap_or(0);
         // The supervisor holds the write end now; the name is not needed.
         drop(fifo);
-        Ok(Subscription { fd, pending: Vec::new(), supervisor: self.supervisor_pidfd(), unknown })
+        Ok(Subscription { fd, pending: Vec::new(), supervisor: self.supervisor_pidfd(), unknown, next })
     }
 
     /// Makes sure a supervisor serves the root, starting one in the

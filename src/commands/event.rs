@@ -102,6 +102,7 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
                 return FAILED;
             }
         };
+        debug(&format!("subscribed (the next event is seq {})", sub.next));
         let stdout = rustix::stdio::stdout();
         loop {
             match sub.next_line(deadline, Some(Watch::Closed(stdout))) {
@@ -140,7 +141,13 @@ pub fn run(args: Args, root: PathBuf) -> i32 {
 }
 
 fn log_overflow(next: u64) {
+    debug(&format!("fell behind; resuming from seq {next}"));
+}
+
+/// A progress note on stderr when PIDVISOR_DEBUG is set: scripts and tests
+/// can wait for "subscribed" to know that what happens next is seen.
+fn debug(note: &str) {
     if std::env::var_os("PIDVISOR_DEBUG").is_some() {
-        eprintln!("pidvisor event: fell behind; resuming from seq {next}");
+        eprintln!("pidvisor event: {note}");
     }
 }
