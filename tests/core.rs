@@ -696,6 +696,16 @@ fn bad_requests_get_clear_errors_and_the_supervisor_keeps_serving() {
         client.send_raw(&line);
         assert_serving(&sv);
     }
+    let log = sv.log();
+    for (path, why) in [
+        (path_str(&file), "not a fifo"),
+        (path_str(&link), "is a symlink"),
+        (&relative, "not an absolute path"),
+        (path_str(&lonely), "no reader has it open"),
+    ] {
+        let said = log.lines().any(|l| l.contains("reply fifo") && l.contains(path) && l.contains(why));
+        assert!(said, "no log line for reply {path} ({why}):\n{log}");
+    }
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "a reply was written into a regular file");
     assert!(std::fs::symlink_metadata(&file).unwrap().file_type().is_file());
     assert!(!Path::new(&relative).exists());
@@ -862,6 +872,38 @@ fn state_reports_the_oci_fields_and_the_exit() {
 }
 
 // ---- shutdown ----
+
+#[test]
+fn fds_the_supervisor_inherits_are_closed_and_never_reach_a_container() {
+    let dir = TempDir::new("leak");
+    let leaked = dir.0.join("leaked-file");
+    std::fs::write(&leaked, b"").unwrap();
+    let path = std::ffi::CString::new(path_str(&leaked)).unwrap();
+    // Opened without O_CLOEXEC on fd 7 and 9 of the supervisor-to-be.
+    let sv = Sv::start_prepared(move || {
+        // SAFETY: open, dup2 and close are async-signal-safe.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            libc::dup2(fd, 7);
+            libc::dup2(fd, 9);
+            libc::close(fd);
+        }
+        Ok(())
+    });
+    let holds_leaked = |pid: i32| {
+        open_fds(pid)
+            .into_iter()
+            .any(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l == leaked))
+    };
+    assert!(!holds_leaked(sv.pid), "the supervisor kept an inherited fd");
+    let pid = start(&sv, "c", &["sleep", "1000"])["pid"].as_i64().unwrap() as i32;
+    assert_eq!(open_fds(pid), vec![0, 1, 2], "the container's fds");
+    assert!(!holds_leaked(pid));
+    // Negative control: the check sees the file where it is open.
+    let held = std::fs::File::open(&leaked).unwrap();
+    assert!(holds_leaked(std::process::id() as i32), "the check misses an open fd");
+    drop(held);
+}
 
 #[test]
 fn a_supervisor_started_with_sigterm_blocked_still_shuts_down_on_it() {
@@ -1037,6 +1079,15 @@ fn run_without_a_supervisor_starts_one_in_the_background() {
     let root = dir.0.join("root");
     let _guard = AutoStarted(root.clone());
     let cli = |args: &[&str]| run_with_deadline(Command::new(bin()).arg("--root").arg(&root).args(args));
+    // A plain `create` starts one too, on a root of its own.
+    let other = dir.0.join("other");
+    let _other_guard = AutoStarted(other.clone());
+    let out = run_with_deadline(Command::new(bin()).arg("--root").arg(&other).args(["create", "c", "--", "true"]));
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("started a supervisor"), "{}", stderr(&out));
+    let state = run_with_deadline(Command::new(bin()).arg("--root").arg(&other).args(["state", "c"]));
+    assert!(String::from_utf8_lossy(&state.stdout).contains("\"created\""), "{state:?}");
+
     let out = cli(&["run", "x", "--", "true"]);
     assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("started a supervisor"), "{}", stderr(&out));

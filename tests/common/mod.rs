@@ -49,6 +49,9 @@ impl Drop for TempDir {
     }
 }
 
+/// A hook run between fork and exec of a supervisor.
+type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
 /// A running supervisor on its own root. Dropping it kills the supervisor
 /// and every process below it.
 pub struct Sv {
@@ -74,18 +77,36 @@ impl Sv {
 
     /// Starts a supervisor on a given root (kept in `dir`).
     pub fn start_on(dir: TempDir, root: PathBuf, args: &[&str], init: &[&str]) -> Sv {
-        Sv::launch(dir, root, args, init, &[])
+        Sv::launch(dir, root, args, init, None)
     }
 
     /// Starts a supervisor whose signal mask blocks `blocked` when it
     /// starts, as a careless parent may leave it.
     pub fn start_masked(blocked: &[i32]) -> Sv {
-        let dir = TempDir::new("sv");
-        let root = dir.0.join("root");
-        Sv::launch(dir, root, &["--grace", "2s"], &[], blocked)
+        let blocked = blocked.to_vec();
+        Sv::start_prepared(move || {
+            // SAFETY: async-signal-safe calls on a set of our own.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for &sig in &blocked {
+                    libc::sigaddset(&mut set, sig);
+                }
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            Ok(())
+        })
     }
 
-    fn launch(dir: TempDir, root: PathBuf, args: &[&str], init: &[&str], blocked: &[i32]) -> Sv {
+    /// Starts a supervisor after running `prepare` in its process between
+    /// fork and exec (only async-signal-safe calls belong there).
+    pub fn start_prepared(prepare: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static) -> Sv {
+        let dir = TempDir::new("sv");
+        let root = dir.0.join("root");
+        Sv::launch(dir, root, &["--grace", "2s"], &[], Some(Box::new(prepare)))
+    }
+
+    fn launch(dir: TempDir, root: PathBuf, args: &[&str], init: &[&str], prepare: Option<PreExec>) -> Sv {
         let socket_path = dir.0.join(format!("notify-{}", rand_suffix()));
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         let log = File::create(dir.0.join("supervisor.log")).unwrap();
@@ -94,22 +115,9 @@ impl Sv {
         if !init.is_empty() {
             cmd.arg("--").args(init);
         }
-        if !blocked.is_empty() {
-            let blocked = blocked.to_vec();
-            // SAFETY: between fork and exec the hook only calls
-            // sigemptyset, sigaddset and sigprocmask, which are
-            // async-signal-safe, on a set of its own.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    for &sig in &blocked {
-                        libc::sigaddset(&mut set, sig);
-                    }
-                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-                    Ok(())
-                });
-            }
+        if let Some(prepare) = prepare {
+            // SAFETY: the hook's contract (see start_prepared).
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, prepare) };
         }
         cmd.env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "debug")
