@@ -723,9 +723,12 @@ fn bad_requests_get_clear_errors_and_the_supervisor_keeps_serving() {
     client.send_raw(&vec![b'x'; 200 * 1024]);
     assert_serving(&sv);
     // Even then its reply path, when it comes before the bulk, hears why.
-    let huge = format!(r#"{{"reply":"{}","op":"version","pad":"{}"}}"#, path_str(&fifo), "x".repeat(200 * 1024));
+    // (A FIFO of its own: one whose last writer has closed polls as ended.)
+    let huge_reply = sv.dir.0.join("huge-reply");
+    let mut huge_sub = fifo_lines(&huge_reply);
+    let huge = format!(r#"{{"reply":"{}","op":"version","pad":"{}"}}"#, path_str(&huge_reply), "x".repeat(200 * 1024));
     client.send_raw(huge.as_bytes());
-    let reply: Value = serde_json::from_str(&line(&mut fifo_sub)).unwrap();
+    let reply: Value = serde_json::from_str(&line(&mut huge_sub)).unwrap();
     assert_error(&reply, "too_long", "more than");
     assert_serving(&sv);
 
