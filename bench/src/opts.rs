@@ -15,7 +15,7 @@ pub struct Opts {
 }
 
 /// Flags that take no value.
-const FLAGS: &[&str] = &["json", "quick"];
+const FLAGS: &[&str] = &["json", "quick", "one-cpu"];
 
 impl Opts {
     /// Parses `--key value` pairs and the flags in [`FLAGS`].
