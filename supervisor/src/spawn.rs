@@ -25,6 +25,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
 
 use rustix::fs::{self, Mode, OFlags};
 use rustix::io::Errno;
@@ -51,6 +52,9 @@ pub enum Stdio {
     Inherit,
     /// Use this fd (dup'd onto 0, 1 or 2 in the child).
     Fd(OwnedFd),
+    /// Use this fd of the supervisor's, which outlives every child (its
+    /// /dev/null): no copy is made for the plan.
+    Shared(RawFd),
     /// The child opens this FIFO for reading itself (blocking until a
     /// writer comes, as a shell's `< fifo` does).
     OpenFifo(CString),
@@ -60,7 +64,7 @@ pub enum Stdio {
 /// no allocation.
 pub struct Plan {
     argv: Vec<CString>,
-    envp: Vec<CString>,
+    env: Rc<Environment>,
     /// The paths execve is tried on, in order (PATH search done here).
     candidates: Vec<CString>,
     cwd: Option<OwnedFd>,
@@ -115,11 +119,50 @@ pub fn exec_exit_code(errno: i32) -> i32 {
     }
 }
 
+/// A container's environment as execve takes it: the `NAME=value`
+/// strings and the null-terminated array of pointers to them.
+pub struct Environment {
+    /// What `pointers` point into.
+    _strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+    /// Its PATH, for the search of argv[0].
+    path: Option<OsString>,
+}
+
+impl Environment {
+    /// Checks the names and builds the strings execve takes.
+    fn new<'a>(pairs: impl Iterator<Item = (&'a OsStr, &'a OsStr)>) -> Result<Environment> {
+        let mut strings = Vec::new();
+        let mut path = None;
+        for (key, value) in pairs {
+            let key = key.as_bytes();
+            if key.is_empty() || key.contains(&b'=') {
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
+                    format!("invalid environment name {:?}", String::from_utf8_lossy(key)),
+                ));
+            }
+            if key == b"PATH" {
+                path = Some(value.to_os_string());
+            }
+            let mut pair = key.to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            strings.push(cstring(&pair, "env")?);
+        }
+        // The strings' bytes stay where they are when the Vec moves.
+        let mut pointers: Vec<*const libc::c_char> = strings.iter().map(|e| e.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        Ok(Environment { _strings: strings, pointers, path })
+    }
+}
+
 /// What a container process gets from the supervisor unless its request
 /// says otherwise, captured once when the supervisor starts.
 pub struct Inherited {
-    /// The environment when a request names none.
-    pub env: Vec<(OsString, OsString)>,
+    /// The environment when a request names none, built once: most
+    /// requests of a service manager or a benchmark name none.
+    env: Rc<Environment>,
     /// The RLIMIT_NOFILE the supervisor was started with (it raises its own).
     pub nofile: Option<libc::rlimit>,
     /// A bit (1 << (signal - 1)) per signal whose disposition is not the
@@ -148,7 +191,13 @@ impl Inherited {
                 reset_signals |= 1 << (sig - 1);
             }
         }
-        Inherited { env: std::env::vars_os().collect(), nofile, reset_signals }
+        // The supervisor's own environment: names with '=' or empty ones
+        // cannot be passed on, and are left out.
+        let vars: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(k, _)| !k.is_empty() && !k.as_bytes().contains(&b'=')).collect();
+        let env = Environment::new(vars.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())))
+            .unwrap_or_else(|_| Environment::new(std::iter::empty()).expect("an empty environment"));
+        Inherited { env: Rc::new(env), nofile, reset_signals }
     }
 }
 
@@ -160,33 +209,11 @@ impl Plan {
             return Err(Error::new(ErrorKind::BadRequest, "argv must name a command"));
         }
         let argv = req.argv.iter().map(|a| cstring(a.as_bytes(), "argv")).collect::<Result<Vec<_>>>()?;
-        let given: Vec<(OsString, OsString)>;
-        let env: &[(OsString, OsString)] = match &req.env {
-            Some(map) => {
-                given = map.iter().map(|(k, v)| (k.into(), v.into())).collect();
-                &given
-            }
-            None => &inherited.env,
+        let env = match &req.env {
+            Some(map) => Rc::new(Environment::new(map.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))?),
+            None => inherited.env.clone(),
         };
-        let mut envp = Vec::with_capacity(env.len());
-        let mut path = None;
-        for (key, value) in env {
-            let key = key.as_bytes();
-            if key.is_empty() || key.contains(&b'=') {
-                return Err(Error::new(
-                    ErrorKind::BadRequest,
-                    format!("invalid environment name {:?}", String::from_utf8_lossy(key)),
-                ));
-            }
-            if key == b"PATH" {
-                path = Some(value.clone());
-            }
-            let mut pair = key.to_vec();
-            pair.push(b'=');
-            pair.extend_from_slice(value.as_bytes());
-            envp.push(cstring(&pair, "env")?);
-        }
-        let candidates = search_path(&req.argv[0], path.as_deref().unwrap_or(OsStr::new(DEFAULT_PATH)))?;
+        let candidates = search_path(&req.argv[0], env.path.as_deref().unwrap_or(OsStr::new(DEFAULT_PATH)))?;
         let cwd = match &req.cwd {
             None => None,
             Some(dir) if !dir.starts_with('/') => {
@@ -197,15 +224,7 @@ impl Plan {
                     .map_err(|e| Error::os(ErrorKind::BadPath, format!("cwd {dir}"), e))?,
             ),
         };
-        Ok(Plan {
-            argv,
-            envp,
-            candidates,
-            cwd,
-            stdio,
-            nofile: inherited.nofile,
-            reset_signals: inherited.reset_signals,
-        })
+        Ok(Plan { argv, env, candidates, cwd, stdio, nofile: inherited.nofile, reset_signals: inherited.reset_signals })
     }
 }
 
@@ -295,7 +314,6 @@ pub struct ChildMemory {
     child: Child,
     _plan: Plan,
     _argv: Vec<*const libc::c_char>,
-    _envp: Vec<*const libc::c_char>,
     _stack: Stack,
 }
 
@@ -325,19 +343,18 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
 
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
     let candidates: Vec<*const libc::c_char> = plan.candidates.iter().map(|c| c.as_ptr()).collect();
     let stack = Stack::take()?;
     let top = stack.top();
     let child = Child {
         argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
+        envp: plan.env.pointers.as_ptr(),
         candidates,
         cwd: plan.cwd.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         stdio: std::array::from_fn(|i| match &plan.stdio[i] {
             Stdio::Inherit | Stdio::OpenFifo(_) => -1,
             Stdio::Fd(fd) => fd.as_raw_fd(),
+            Stdio::Shared(fd) => *fd,
         }),
         stdio_paths: std::array::from_fn(|i| match &plan.stdio[i] {
             Stdio::OpenFifo(path) => path.as_ptr(),
@@ -349,7 +366,7 @@ pub fn spawn(plan: Plan, start_now: bool) -> Result<Spawned> {
         reset_signals: plan.reset_signals,
     };
     // Boxed: its address is what the child gets, and must not move.
-    let memory = Box::new(ChildMemory { child, _plan: plan, _argv: argv, _envp: envp, _stack: stack });
+    let memory = Box::new(ChildMemory { child, _plan: plan, _argv: argv, _stack: stack });
 
     // Block every signal across clone: the child must not run the
     // supervisor's handlers (they write to the supervisor's signal pipe)

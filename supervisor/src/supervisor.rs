@@ -718,7 +718,7 @@ impl Supervisor {
     fn open_stdio(&self, req: &CreateRequest) -> Result<[Stdio; 3]> {
         let stdin = match &req.stdin {
             Some(path) => fifo::open_stdio(path, "stdin")?,
-            None => Stdio::Fd(self.dev_null.try_clone().map_err(|e| Error::os(ErrorKind::System, "dup /dev/null", e))?),
+            None => Stdio::Shared(self.dev_null.as_raw_fd()),
         };
         let stdout = match &req.stdout {
             Some(path) => fifo::open_stdio(path, "stdout")?,
@@ -915,10 +915,7 @@ impl Supervisor {
     }
 
     fn null_stdio(&self) -> [Stdio; 3] {
-        match self.dev_null.try_clone() {
-            Ok(null) => [Stdio::Fd(null), Stdio::Inherit, Stdio::Inherit],
-            Err(_) => [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
-        }
+        [Stdio::Shared(self.dev_null.as_raw_fd()), Stdio::Inherit, Stdio::Inherit]
     }
 
     fn handle_start(&mut self, id: &str, reply: Option<String>) -> Result<()> {
