@@ -22,7 +22,9 @@ use crate::client::{Client, Next, Watch};
 /// (as by `create`), so the hook workflow below works from a clean slate.
 ///
 /// Types: created, started, stopped, deleted. --timeout exits 124 when
-/// nothing matched in time.
+/// nothing matched in time. It ends quietly (0) when nobody reads its stdout
+/// any more. With PIDVISOR_DEBUG=1 it says on stderr once it is subscribed
+/// and whenever it resumes.
 ///
 /// Examples:
 ///   pidvisor event --type created web && ./hook && pidvisor start web
