@@ -1081,39 +1081,27 @@ fn event_timeout_exits_124() {
 
 #[test]
 fn event_follow_ends_quietly_when_stdout_closes() {
-    let sv = Sv::start();
-    let a = sv.run_to_stop("a", &["true"]);
-    let mut follow =
-        Bg::spawn(&sv, &["event", "--follow", "--since", &(seq(&a) - 1).to_string()], Stdio::piped(), Stdio::piped());
-    let mut err = Lines::new(follow.child().stderr.take().unwrap());
-    {
-        let mut out = Lines::new(follow.child().stdout.take().unwrap());
-        assert_eq!(parse(&out.next_line().expect("the replayed event")), a);
-        // Dropping `out` closes the only read end of its stdout (`| head -1`).
+    // With an event due after the close (its write would fail), and with
+    // none: it must see by itself that nobody reads its stdout any more, as
+    // `event --follow | head -1` on a quiet root needs.
+    for event_due in [true, false] {
+        let sv = Sv::start();
+        let a = sv.run_to_stop("a", &["true"]);
+        let since = (seq(&a) - 1).to_string();
+        let mut follow = Bg::spawn(&sv, &["event", "--follow", "--since", &since], Stdio::piped(), Stdio::piped());
+        let mut err = Lines::new(follow.child().stderr.take().unwrap());
+        {
+            let mut out = Lines::new(follow.child().stdout.take().unwrap());
+            assert_eq!(parse(&out.next_line().expect("the replayed event")), a);
+            // Dropping `out` closes the only read end of its stdout.
+        }
+        if event_due {
+            sv.run_to_stop("b", &["true"]);
+        }
+        assert_eq!(follow.wait(), Some(0), "`event --follow` did not end with 0 (event due: {event_due})");
+        let stderr: Vec<String> = std::iter::from_fn(|| err.next_line()).collect();
+        assert!(stderr.iter().all(|l| l.starts_with("pidvisor event: subscribed")), "stderr: {stderr:?}");
     }
-    // Events are now due to it; its next write fails with EPIPE.
-    sv.run_to_stop("b", &["true"]);
-    assert_eq!(follow.wait(), Some(0), "`event --follow` did not end with 0 on a closed stdout");
-    let stderr: Vec<String> = std::iter::from_fn(|| err.next_line()).collect();
-    assert!(stderr.iter().all(|l| l.starts_with("pidvisor event: subscribed")), "stderr: {stderr:?}");
-}
-
-#[test]
-fn event_follow_ends_when_stdout_closes_with_no_event_due() {
-    let sv = Sv::start();
-    let a = sv.run_to_stop("a", &["true"]);
-    let mut follow =
-        Bg::spawn(&sv, &["event", "--follow", "--since", &(seq(&a) - 1).to_string()], Stdio::piped(), Stdio::piped());
-    let mut err = Lines::new(follow.child().stderr.take().unwrap());
-    {
-        let mut out = Lines::new(follow.child().stdout.take().unwrap());
-        assert_eq!(parse(&out.next_line().expect("the replayed event")), a);
-    }
-    // Nothing more happens on the root: it must see by itself that nobody
-    // reads its stdout any more, as `event --follow | head -1` needs.
-    assert_eq!(follow.wait(), Some(0), "`event --follow` did not end with 0 when its reader left");
-    let stderr: Vec<String> = std::iter::from_fn(|| err.next_line()).collect();
-    assert!(stderr.iter().all(|l| l.starts_with("pidvisor event: subscribed")), "stderr: {stderr:?}");
 }
 
 #[test]
