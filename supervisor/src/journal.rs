@@ -77,15 +77,28 @@ impl Journal {
         Ok((Journal { path, rotated, file, size, max_size, generation: 1 }, last))
     }
 
-    /// Appends a batch of events with one write, rotating first when the
-    /// batch would take the file over its cap.
+    /// Appends a batch of events, one write per file: the batch is split
+    /// where the file would go over its cap, and the file rotated there.
     pub fn append(&mut self, batch: &[Rc<Published>]) -> Result<()> {
-        let bytes: Vec<u8> = batch.iter().flat_map(|e| e.line.iter().copied()).collect();
-        if self.size > 0 && self.size + bytes.len() as u64 > self.max_size {
-            self.rotate()?;
+        let mut bytes: Vec<u8> = Vec::new();
+        for event in batch {
+            let full = self.size + (bytes.len() + event.line.len()) as u64 > self.max_size;
+            if full && self.size + bytes.len() as u64 > 0 {
+                self.write(&bytes)?;
+                bytes.clear();
+                self.rotate()?;
+            }
+            bytes.extend_from_slice(&event.line);
+        }
+        self.write(&bytes)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
         }
         self.file
-            .write_all(&bytes)
+            .write_all(bytes)
             .map_err(|e| Error::os(ErrorKind::System, format!("append to {}", self.path.display()), e))?;
         self.size += bytes.len() as u64;
         Ok(())
@@ -93,7 +106,8 @@ impl Journal {
 
     fn rotate(&mut self) -> Result<()> {
         match std::fs::rename(&self.path, &self.rotated) {
-            Ok(()) => {}
+            // The generations follow the renames: the old file is `.1` now.
+            Ok(()) => self.generation += 1,
             // Renamed before, but the reopen failed: just reopen.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -104,7 +118,6 @@ impl Journal {
                 ))
             }
         }
-        self.generation += 1;
         self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())
@@ -385,6 +398,22 @@ mod tests {
             assert_eq!(read_all(&journal, from), want, "from {from}");
         }
         assert_eq!(read_all(&journal, 5001), Vec::<u64>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_cap_is_split_across_rotations() {
+        let dir = temp_dir("batch");
+        let (mut journal, _) = Journal::open(&dir, 1000).unwrap();
+        let batch: Vec<_> = (1..=40).map(published).collect();
+        journal.append(&batch).unwrap();
+        for name in [JOURNAL_FILE, "events.jsonl.1"] {
+            let len = std::fs::metadata(dir.join(name)).unwrap().len();
+            assert!(len <= 1000, "{name}: {len} bytes over the cap of 1000");
+        }
+        let seqs = read_all(&journal, 0);
+        assert_eq!(seqs.last(), Some(&40));
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
