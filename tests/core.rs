@@ -919,6 +919,38 @@ fn a_supervisor_started_with_sigterm_blocked_still_shuts_down_on_it() {
 }
 
 #[test]
+fn a_signal_pending_at_start_is_handled_not_fatal() {
+    // Blocked and pending across exec, as a careless launcher can leave it:
+    // SIGUSR1 must not kill the supervisor once its mask is cleared.
+    let sv = Sv::start_prepared(|| {
+        // SAFETY: async-signal-safe calls on a set of our own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::raise(libc::SIGUSR1);
+        }
+        Ok(())
+    });
+    assert_serving(&sv);
+    assert_eq!(sv.run_to_stop("after", &["sh", "-c", "exit 5"])["status"], 5);
+}
+
+#[test]
+fn an_inherited_sigchld_sig_ign_does_not_lose_exit_statuses() {
+    // With SIGCHLD ignored the kernel would reap children itself.
+    let sv = Sv::start_prepared(|| {
+        // SAFETY: signal(2) is async-signal-safe.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+        Ok(())
+    });
+    assert_eq!(sv.run_to_stop("j", &["sh", "-c", "exit 7"])["status"], 7);
+    let ev = sv.run_to_stop("k", &["sh", "-c", "kill -9 $$"]);
+    assert_eq!((ev["status"].as_i64(), ev["signal"].as_str()), (Some(137), Some("SIGKILL")), "{ev}");
+}
+
+#[test]
 fn sighup_and_sigquit_shut_down_cleanly_and_sigusr1_is_ignored() {
     for signal in [libc::SIGHUP, libc::SIGQUIT] {
         let mut sv = Sv::start();

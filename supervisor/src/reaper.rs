@@ -54,6 +54,21 @@ pub fn reap_pidfd(pidfd: impl AsFd) -> Option<Exit> {
     }
 }
 
+/// Takes down a child the supervisor could not take on (its registration
+/// failed): SIGKILL, then a blocking reap, so that the memory it shared with
+/// us until exec (its stack is reused by the next spawn) is released only
+/// once it is gone. SIGKILL ends it promptly: before exec it blocks in
+/// nothing uninterruptible.
+pub fn kill_and_reap(pidfd: impl AsFd) {
+    let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+    loop {
+        match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
+}
+
 /// The PIDs of our children, for shutdown: from
 /// /proc/self/task/*/children, or a scan of /proc when that is missing.
 pub fn children() -> Vec<i32> {

@@ -62,13 +62,14 @@ pub fn parse_signal(text: &str) -> Option<i32> {
     SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, number)| *number)
 }
 
-/// Empties this thread's signal mask.
-pub fn unblock_all() {
+/// Sets this thread's signal mask to `signal` alone.
+pub fn block_only(signal: i32) {
     // SAFETY: plain libc calls on a local, initialized sigset_t.
     unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
 

@@ -313,9 +313,6 @@ impl Supervisor {
         let (journal, last_seq) = Journal::open(&config.root, config.journal_size)?;
         let ctl = root::open_ctl(&config.root)?;
         let poll = Poll::new().map_err(|e| Error::os(ErrorKind::System, "create epoll", e))?;
-        // A mask inherited from whoever started us would leave SIGTERM
-        // undelivered; the loop wants every signal it handles.
-        crate::signals::unblock_all();
         let child_exits = child_exit_fd()?;
         let wanted: Vec<i32> = match config.init {
             Some(_) => FORWARDED.to_vec(),
@@ -328,6 +325,10 @@ impl Supervisor {
         };
         let mut signals =
             Signals::new(&wanted).map_err(|e| Error::os(ErrorKind::System, "install signal handlers", e))?;
+        // A mask inherited from whoever started us would leave SIGTERM
+        // undelivered. Cleared only now that every handler is in place: a
+        // signal pending since before exec is handled, not fatal.
+        crate::signals::block_only(SIGCHLD);
         poll.registry()
             .register(&mut SourceFd(&ctl.as_raw_fd()), CTL, Interest::READABLE)
             .map_err(|e| Error::os(ErrorKind::System, "register control fifo", e))?;
@@ -746,8 +747,7 @@ impl Supervisor {
         let pidfd_token = match self.register(&pidfd, Source::Pidfd(instance), Interest::READABLE) {
             Ok(token) => token,
             Err(e) => {
-                let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
-                let _ = reaper::reap_orphan(pid.as_raw_nonzero().get());
+                reaper::kill_and_reap(&pidfd);
                 return Err(e);
             }
         };
@@ -796,8 +796,7 @@ impl Supervisor {
         let token = match self.register(&spawned.pidfd, Source::Helper(pid), Interest::READABLE) {
             Ok(token) => token,
             Err(e) => {
-                let _ = rustix::process::pidfd_send_signal(&spawned.pidfd, Signal::KILL);
-                let _ = reaper::reap_orphan(pid);
+                reaper::kill_and_reap(&spawned.pidfd);
                 return Err(e);
             }
         };
@@ -1799,6 +1798,13 @@ fn child_exit_fd() -> Result<OwnedFd> {
     // SAFETY: plain libc calls on local, initialized sigset_t values;
     // signalfd(2) returns a new fd that we own (rustix has no signalfd).
     unsafe {
+        // An inherited SIG_IGN (or SA_NOCLDWAIT) would have the kernel reap
+        // every child itself: no SIGCHLD, and waitid finds no status.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        if libc::sigaction(SIGCHLD, &dfl, std::ptr::null_mut()) != 0 {
+            return Err(Error::os(ErrorKind::System, "reset SIGCHLD", std::io::Error::last_os_error()));
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, SIGCHLD);
