@@ -41,11 +41,23 @@ pub struct Cursor {
     offset: u64,
 }
 
+/// One event line read back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Its seq.
+    pub seq: u64,
+    /// The line, with its newline.
+    pub bytes: Vec<u8>,
+    /// Where the line after it starts: a reader that takes this line and
+    /// no more resumes there.
+    pub next: Cursor,
+}
+
 /// What [`Journal::read`] found at a cursor.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lines {
-    /// Whole event lines (seq, line with its newline), oldest first.
-    Some(Vec<(u64, Vec<u8>)>),
+    /// Whole event lines, oldest first.
+    Some(Vec<Line>),
     /// Nothing more: the cursor is at the end of the journal.
     End,
     /// The cursor's file was rotated away: its lines are gone.
@@ -140,8 +152,8 @@ impl Journal {
         loop {
             match self.read(&mut cursor, 1)? {
                 Lines::Some(lines) => {
-                    if let Some((seq, _)) = lines.first() {
-                        return Ok(Some(*seq));
+                    if let Some(line) = lines.first() {
+                        return Ok(Some(line.seq));
                     }
                 }
                 Lines::End | Lines::Gone => return Ok(None),
@@ -206,14 +218,15 @@ impl Journal {
                 }
                 return Ok(Lines::End);
             }
-            cursor.offset += whole as u64;
-            let lines = buf[..whole]
-                .split_inclusive(|b| *b == b'\n')
-                .filter_map(|line| {
-                    let seq = line_seq(line)?;
-                    is_json(&line[..line.len() - 1]).then(|| (seq, line.to_vec()))
-                })
-                .collect();
+            let mut lines = Vec::new();
+            let mut next = *cursor;
+            for line in buf[..whole].split_inclusive(|b| *b == b'\n') {
+                next.offset += line.len() as u64;
+                if let Some(seq) = line_seq(line).filter(|_| is_json(&line[..line.len() - 1])) {
+                    lines.push(Line { seq, bytes: line.to_vec(), next });
+                }
+            }
+            *cursor = next;
             return Ok(Lines::Some(lines));
         }
     }
@@ -369,7 +382,7 @@ mod tests {
         let mut seqs = Vec::new();
         loop {
             match journal.read(&mut cursor, 100).unwrap() {
-                Lines::Some(lines) => seqs.extend(lines.into_iter().map(|(seq, _)| seq)),
+                Lines::Some(lines) => seqs.extend(lines.into_iter().map(|line| line.seq)),
                 Lines::End => return seqs,
                 Lines::Gone => panic!("cursor gone"),
             }

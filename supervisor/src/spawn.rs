@@ -196,7 +196,7 @@ impl Inherited {
         let vars: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !k.is_empty() && !k.as_bytes().contains(&b'=')).collect();
         let env = Environment::new(vars.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())))
-            .unwrap_or_else(|_| Environment::new(std::iter::empty()).expect("an empty environment"));
+            .expect("names filtered, and an environment holds no NUL");
         Inherited { env: Rc::new(env), nofile, reset_signals }
     }
 }

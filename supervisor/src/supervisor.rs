@@ -1542,26 +1542,16 @@ impl Supervisor {
     /// At the end, for subscribers that did not read their last events: ends
     /// each stream with an overflow line naming the first event it missed.
     fn cut_off_subscribers(&mut self) {
-        let mut cut = Vec::new();
-        for (token, client) in self.clients.iter_mut() {
-            if client.filter.is_none() || !client.owes() {
-                continue;
-            }
-            let owed = client.catch_up.as_ref().map(|c| c.retained.front().map_or(c.next, |e| e.seq));
+        for client in self.clients.values_mut().filter(|c| c.filter.is_some() && c.owes()) {
+            let owed = client.catch_up.take().map(|c| c.retained.front().map_or(c.next, |e| e.seq));
             if client.sink.cut_off(owed) {
                 log::warn!(
                     "shutdown: subscriber {} did not read its last events; it gets an overflow line",
                     client.path
                 );
             }
-            client.catch_up = None;
-            cut.push(*token);
-        }
-        for token in cut {
-            if let Some(client) = self.clients.get_mut(&token) {
-                if client.sink.flush() != Flushed::Done {
-                    log::warn!("shutdown: subscriber {}: no room left for the overflow line", client.path);
-                }
+            if client.sink.flush() != Flushed::Done {
+                log::warn!("shutdown: subscriber {}: no room left for the overflow line", client.path);
             }
         }
     }
@@ -1754,6 +1744,8 @@ fn refill(
             catch_up.next
         })?),
     };
+    // A copy reads ahead; the cursor itself moves line by line below, as
+    // far as the lines are taken.
     let mut ahead = *cursor;
     let lines = match journal.read(&mut ahead, REPLAY_CHUNK) {
         Ok(journal::Lines::Some(lines)) => lines,
@@ -1765,27 +1757,25 @@ fn refill(
             return Err(catch_up.next);
         }
     };
-    for (seq, line) in lines {
-        seen += line.len();
-        if seq < catch_up.next {
-            continue;
-        }
-        if seq > catch_up.next {
+    for line in lines {
+        seen += line.bytes.len();
+        if line.seq > catch_up.next {
             return Err(catch_up.next);
         }
-        if let Some(event) = Published::from_line(seq, line) {
-            if filter.matches(seq, event.kind, &event.id) {
-                if !sink.has_room(event.line.len()) {
-                    // No room: this chunk is read again from the cursor,
-                    // which has not moved; what was queued is skipped by seq.
-                    return Ok(Some(seen));
+        if line.seq == catch_up.next {
+            if let Some(event) = Published::from_line(line.seq, line.bytes) {
+                if filter.matches(event.seq, event.kind, &event.id) {
+                    if !sink.has_room(event.line.len()) {
+                        // No room: the cursor stays before this line.
+                        return Ok(Some(seen));
+                    }
+                    sink.push_replay(Rc::new(event));
                 }
-                sink.push_replay(Rc::new(event));
             }
+            catch_up.next += 1;
         }
-        catch_up.next = seq + 1;
+        *cursor = line.next;
     }
-    *cursor = ahead;
     Ok(Some(seen))
 }
 
