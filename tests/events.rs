@@ -258,13 +258,6 @@ impl Drop for Bg {
     }
 }
 
-/// Whether a read of `fd` would not block.
-fn readable_now(fd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-    rustix::event::poll(&mut fds, Some(&zero)).unwrap_or(0) > 0
-}
-
 /// A line reader over a pipe from a child, with deadlines.
 struct Lines {
     fd: OwnedFd,
@@ -815,15 +808,15 @@ fn event_follow_resumes_after_overflow_without_gaps_or_duplicates() {
         if wait_any(&[&out.fd, &err.fd], deadline).is_none() {
             panic!("`event --follow` stalled at seq {expected} of {last}; stderr: {stderr_lines:?}");
         }
-        if readable_now(&err.fd) {
+        if ready_now(&err.fd) {
             err.fill();
         }
-        if readable_now(&out.fd) {
+        if ready_now(&out.fd) {
             assert!(out.fill(), "`event --follow` exited; stderr: {stderr_lines:?}");
         }
     }
     // The notes written before its last event are in the pipe by now.
-    while readable_now(&err.fd) && err.fill() {}
+    while ready_now(&err.fd) && err.fill() {}
     while let Some(line) = err.take_line() {
         if let Some(n) = line.rsplit_once("resuming from seq ").and_then(|(_, n)| n.trim().parse::<u64>().ok()) {
             resumes.push(n);

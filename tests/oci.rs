@@ -14,12 +14,10 @@ use common::oci::{make_bundle, runc, runc_knows, unique_id, BundleOptions, RuncG
 use common::*;
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use serde_json::{json, Value};
 
 // ---- helpers ----
@@ -64,13 +62,6 @@ fn assert_error(reply: &Value, kind: &str, needle: &str) {
     assert_eq!(reply["error"]["kind"], kind, "{reply}");
     let message = reply["error"]["message"].as_str().unwrap_or_else(|| panic!("no message: {reply}"));
     assert!(message.contains(needle), "message {message:?} does not contain {needle:?}");
-}
-
-/// Whether an fd is readable right now: a pidfd whose process has exited.
-fn ready_now(fd: &OwnedFd) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
-    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-    poll(&mut fds, Some(&zero)).unwrap() > 0
 }
 
 /// Waits until every process that is a child of the supervisor now has

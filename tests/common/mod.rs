@@ -289,6 +289,13 @@ pub fn pidfd(pid: i32) -> rustix::io::Result<OwnedFd> {
     rustix::process::pidfd_open(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::PidfdFlags::empty())
 }
 
+/// Whether `fd` polls readable (or ended) right now, without waiting.
+pub fn ready_now(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    poll(&mut fds, Some(&zero)).unwrap_or(0) > 0
+}
+
 /// Blocks until a process has exited (it may still be an unreaped zombie).
 pub fn wait_exited(pid: i32) {
     if let Ok(fd) = pidfd(pid) {
