@@ -64,8 +64,11 @@ pub enum Lines {
     Gone,
 }
 
-/// The bytes read at a time while looking for a line's end.
+/// The most bytes read at a time while looking for a line's end.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The least: about two event lines.
+const MIN_READ: usize = 512;
 
 impl Journal {
     /// Opens (creating) the journal in `root`, capped at `max_size` bytes a
@@ -184,7 +187,7 @@ impl Journal {
         Ok(Cursor { generation: self.generation, offset: self.size })
     }
 
-    /// Reads whole event lines from `cursor` on, about `max_bytes` of them
+    /// Reads the whole event lines in about `max_bytes` from `cursor` on
     /// (at least one line), and moves the cursor past them. Torn lines (a
     /// crash mid-write) are skipped.
     pub fn read(&self, cursor: &mut Cursor, max_bytes: usize) -> Result<Lines> {
@@ -201,12 +204,14 @@ impl Journal {
                 Err(e) => return Err(what("open", e)),
             };
             file.seek(SeekFrom::Start(cursor.offset)).map_err(|e| what("seek", e))?;
-            // Chunks until they hold `max_bytes` of whole lines, or the file ends.
+            // About `max_bytes`, and on until a whole line is in (or the file
+            // ends): no more is read than the caller can take.
+            let chunk = max_bytes.clamp(MIN_READ, READ_CHUNK) as u64;
             let mut buf = Vec::new();
             let whole = loop {
-                let got = (&mut file).take(READ_CHUNK as u64).read_to_end(&mut buf).map_err(|e| what("read", e))?;
+                let got = (&mut file).take(chunk).read_to_end(&mut buf).map_err(|e| what("read", e))?;
                 let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                if got == 0 || (end > 0 && end >= max_bytes) {
+                if got == 0 || (end > 0 && buf.len() >= max_bytes) {
                     break end;
                 }
             };

@@ -109,6 +109,11 @@ impl Sink {
         self.queue.is_empty() || self.queued_bytes + bytes <= self.limit
     }
 
+    /// Bytes that fit under the limit now.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.queued_bytes)
+    }
+
     /// Queues an event of a replay, which the caller keeps within the limit
     /// with [`Sink::has_room`].
     pub fn push_replay(&mut self, event: Rc<Published>) {

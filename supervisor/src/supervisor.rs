@@ -1747,7 +1747,7 @@ fn refill(
     // A copy reads ahead; the cursor itself moves line by line below, as
     // far as the lines are taken.
     let mut ahead = *cursor;
-    let lines = match journal.read(&mut ahead, REPLAY_CHUNK) {
+    let lines = match journal.read(&mut ahead, REPLAY_CHUNK.min(sink.room())) {
         Ok(journal::Lines::Some(lines)) => lines,
         // The ring does not reach back and the journal has nothing more:
         // those events were never journaled (a failed write).
