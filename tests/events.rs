@@ -89,6 +89,12 @@ fn assert_contiguous(seqs: &[u64], what: &str) {
     }
 }
 
+/// The bytes a process has read so far (/proc/PID/io rchar).
+fn read_bytes(pid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|n| n.trim().parse().ok()).unwrap()
+}
+
 /// Whether `t` is RFC 3339 in UTC with exactly nine fractional digits and
 /// sane field ranges: "2026-12-03T18:10:41.123456789Z".
 fn is_rfc3339_utc_nanos(t: &str) -> bool {
@@ -720,6 +726,7 @@ fn a_replay_longer_than_the_buffer_comes_whole_at_its_readers_pace() {
     let mut driver = sv.subscribe(json!({}));
     let lines = churn(&sv, &mut driver, "r", N, 10);
     let first = seq(&parse(&lines[0]));
+    let read_before = read_bytes(sv.pid);
     // Subscribed and not read yet: the replay waits for its reader while
     // the supervisor serves others, and what happens meanwhile follows it.
     let mut replay = sv.subscribe(json!({"since": first - 1}));
@@ -731,6 +738,11 @@ fn a_replay_longer_than_the_buffer_comes_whole_at_its_readers_pace() {
     });
     assert!(got[..lines.len()] == lines[..], "the replay differs from what the live subscriber got");
     assert_contiguous(&got.iter().map(|l| seq(&parse(l))).collect::<Vec<_>>(), "replay");
+    // Read at the pace of a 4K queue, the journal is read about once, not
+    // a 64K chunk for every 4K taken (that was 16 times).
+    let journal = std::fs::metadata(sv.root.join("events.jsonl")).unwrap().len();
+    let read = read_bytes(sv.pid) - read_before;
+    assert!(read < 3 * journal, "the supervisor read {read} bytes to replay a journal of {journal}");
 }
 
 #[test]
